@@ -13,6 +13,12 @@ Efficiency: weak ``throughput(R) / (R * throughput(1))``; strong ``time(1) / (R 
 (against the smallest rank count when 1 is not listed). Writes ``scaling.json`` and
 ``scaling.png`` to ``--out`` and prints a table.
 
+``--repeats N`` runs N rounds over all rank counts, interleaved so load drift on a shared
+machine hits every point alike; each point reports its median round, and every round's
+efficiency is kept. The "hidden" column is the share of the standalone communication time that
+the backward sweep hid; it is "-" on the shared-memory path, which runs after the sweep by
+design (it needs the CPU it would overlap with).
+
 ``allreduce`` compares the bandwidth of the ``DistributedGradientTape`` path (packing, the
 signature check, fused buckets, unpacking and averaging) on an MLP's gradient tensors with a raw
 mpi4py ``Allreduce(IN_PLACE)`` of one buffer of the same total size (median of many runs).
@@ -132,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeats of the standalone blocking all-reduce measurement")
     s.add_argument("--no-check", action="store_true",
                    help="skip the per-step signature check all-reduce (profiling)")
+    s.add_argument("--repeats", type=_positive_int("--repeats"), default=1,
+                   help="rounds over all rank counts (interleaved, so load drift hits every "
+                        "point alike); each point reports its median round")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--timeout", type=_positive_float("--timeout"), default=600.0,
                    help="seconds allowed per mpiexec run")
@@ -300,16 +309,23 @@ def scaling_worker(args: argparse.Namespace) -> int:
     sizes = bucket_sizes([tuple(v.shape) for v in variables], args.bucket_bytes,
                          np.dtype(variables[0].dtype).itemsize)
     bufs = [np.ones(n, np.float32) for n in sizes]
+    shared = bool(records[-1].get("shared_memory", 0.0))
+
+    def reduce_all() -> None:
+        if shared:  # what the tape does then: one fused blocking reduction
+            comm.allreduce_many_(bufs, op="sum")
+        else:       # one non-blocking MPI all-reduce per bucket
+            for h in [comm.iallreduce_(b, op="sum") for b in bufs]:
+                h.wait()
+
     comm_times = []
     if comm.size > 1:
         for _ in range(3):
-            for b in bufs:
-                comm.allreduce_(b, op="sum")
+            reduce_all()
         for _ in range(args.comm_repeats):
             comm.barrier()
             t = time.perf_counter()
-            for b in bufs:
-                comm.allreduce_(b, op="sum")
+            reduce_all()
             comm_times.append(time.perf_counter() - t)
     standalone = _median(comm_times) if comm_times else 0.0
     # Slowest rank decides the step: take the maximum over ranks of each median.
@@ -320,7 +336,7 @@ def scaling_worker(args: argparse.Namespace) -> int:
     wall, standalone = float(worst[-2]), float(worst[-1])
     if comm.rank == 0:
         hidden = None
-        if standalone > 0:
+        if standalone > 0 and not shared:  # a shared-memory reduction is never in flight
             hidden = min(1.0, max(0.0, 1.0 - med["exposed_wait_s"] / standalone))
         global_batch = args.batch * comm.size
         result = {"ranks": comm.size, "batch_per_rank": args.batch, "global_batch": global_batch,
@@ -334,7 +350,8 @@ def scaling_worker(args: argparse.Namespace) -> int:
                   "grad_bytes": int(med.get("bytes", 0)),
                   "launched_during_backward": med.get("launched_during_backward"),
                   "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-                  "check": not args.no_check}
+                  "check": not args.no_check,
+                  "reduction": ("shared-memory" if shared else "mpi") if comm.size > 1 else None}
         Path(args.result).write_text(json.dumps(result, indent=2))
     return 0
 
@@ -342,12 +359,22 @@ def scaling_worker(args: argparse.Namespace) -> int:
 def _efficiencies(rows: list[dict], mode: str) -> None:
     base = min(rows, key=lambda r: r["ranks"])
     for r in rows:
-        k = r["ranks"] / base["ranks"]
-        if mode == "weak":
-            r["efficiency"] = r["samples_per_s"] / (k * base["samples_per_s"])
-        else:
-            r["efficiency"] = base["step_time_s"] / (k * r["step_time_s"])
-        r["ideal_samples_per_s"] = base["samples_per_s"] * k
+        r["efficiency"] = _efficiency(r, base, mode)
+        r["ideal_samples_per_s"] = base["samples_per_s"] * r["ranks"] / base["ranks"]
+
+
+def _median_round(runs: list[dict]) -> dict:
+    """The round with the median step time (a real measurement, not a mix of rounds)."""
+    order = sorted(runs, key=lambda r: r["step_time_s"])
+    return dict(order[(len(order) - 1) // 2], rounds=len(runs),
+                step_time_rounds_s=[r["step_time_s"] for r in runs])
+
+
+def _efficiency(row: dict, base: dict, mode: str) -> float:
+    k = row["ranks"] / base["ranks"]
+    if mode == "weak":
+        return row["samples_per_s"] / (k * base["samples_per_s"])
+    return base["step_time_s"] / (k * row["step_time_s"])
 
 
 def plot_scaling(result: dict, path: Path) -> None:
@@ -390,7 +417,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
     ranks = sorted(set(args.ranks))
     modes = ("weak", "strong") if args.mode == "both" else (args.mode,)
     top = max(ranks)
-    cache: dict[tuple[int, int], dict] = {}
+    cache: dict[tuple[int, int], list[dict]] = {}
     result: dict[str, Any] = {
         "machine": machine_info(),
         "config": {"model": args.model, "hidden": list(args.hidden),
@@ -400,7 +427,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
                    "warmup": args.warmup, "threads_per_rank": args.threads_per_rank,
                    "bucket_bytes": bucket, "ranks": ranks, "check": not args.no_check,
                    "launch": "mpiexec -n R (R = 1 included)", "statistic": "median per step, "
-                   "max over ranks"},
+                   "max over ranks; median over rounds", "repeats": args.repeats},
         "modes": {}}
     with tempfile.TemporaryDirectory(prefix="tapeflow-bench-") as tmp:
         for mode in modes:
@@ -411,8 +438,12 @@ def run_scaling(args: argparse.Namespace) -> dict:
                 else:
                     per_rank = max(1, args.batch_per_rank * top // r)
                 key = (r, per_rank)
-                if key not in cache:
-                    res_file = Path(tmp) / f"r{r}_b{per_rank}.json"
+                cache.setdefault(key, [])
+                rows.append(key)
+            todo = [k for k in rows if not cache[k]]
+            for rnd in range(args.repeats):  # rounds: every point once per round
+                for r, per_rank in todo:
+                    res_file = Path(tmp) / f"r{r}_b{per_rank}_{rnd}.json"
                     cmd = [sys.executable, "-m", "tapeflow.launch.bench", "_worker",
                            "--model", args.model, "--hidden", ",".join(map(str, args.hidden)),
                            "--batch", str(per_rank), "--steps", str(args.steps),
@@ -421,11 +452,15 @@ def run_scaling(args: argparse.Namespace) -> dict:
                            "--result", str(res_file)]
                     if args.no_check:
                         cmd.append("--no-check")
-                    print(f"[{mode}] {r} rank(s), batch/rank {per_rank} ...", flush=True)
+                    print(f"[{mode}] round {rnd + 1}/{args.repeats}: {r} rank(s), batch/rank "
+                          f"{per_rank} ...", flush=True)
                     _launch(r, cmd, args.threads_per_rank, args.timeout)
-                    cache[key] = json.loads(res_file.read_text())
-                rows.append(dict(cache[key], mode=mode))
+                    cache[(r, per_rank)].append(json.loads(res_file.read_text()))
+            keys, rows = rows, [dict(_median_round(cache[k]), mode=mode) for k in rows]
             _efficiencies(rows, mode)
+            for row, k in zip(rows, keys):  # each round's efficiency too: the spread
+                row["efficiency_rounds"] = [_efficiency(one, first, mode)
+                                            for one, first in zip(cache[k], cache[keys[0]])]
             result["modes"][mode] = rows
     (out / "scaling.json").write_text(json.dumps(result, indent=2))
     plot_scaling(result, out / "scaling.png")
@@ -452,6 +487,11 @@ def print_table(result: dict) -> None:
                   f"{100 * r['efficiency']:6.1f} {1e3 * (r['backward_s'] or 0):7.2f} "
                   f"{1e3 * (r['exposed_wait_s'] or 0):7.2f} "
                   f"{1e3 * r['standalone_comm_s']:7.2f} {hid:>6}")
+        for r in rows:
+            if len(r.get("efficiency_rounds", ())) > 1:
+                spread = ", ".join(f"{100 * e:.1f}" for e in r["efficiency_rounds"])
+                print(f"{mode:>6} {r['ranks']:>5} ranks: efficiency per round {spread} %; "
+                      f"reduction path: {r.get('reduction') or 'none'}")
 
 
 # -- allreduce bandwidth -------------------------------------------------------------------------
@@ -523,7 +563,8 @@ def allreduce_worker(args: argparse.Namespace) -> int:
                   "tape_s": tape_s, "raw_s": raw_s, "local_backward_s": local_s,
                   "tape_GBps": bw_tape / 1e9, "raw_GBps": bw_raw / 1e9,
                   "ratio": bw_tape / bw_raw,
-                  "ratio_excluding_local_backward": (grad_bytes / comm_only) / bw_raw}
+                  "ratio_excluding_local_backward": (grad_bytes / comm_only) / bw_raw,
+                  "reduction": "shared-memory" if stats.get("shared_memory") else "mpi"}
         Path(args.result).write_text(json.dumps(result, indent=2))
     return 0
 
@@ -545,7 +586,8 @@ def run_allreduce(args: argparse.Namespace) -> dict:
           f"{result['grad_bytes'] / 1e6:.2f} MB in {result['buckets']} bucket(s) of <= "
           f"{bucket} B; raw buffer {result['raw_bytes'] / 1e6:.2f} MB; median of "
           f"{result['repeats']}")
-    print(f"  DistributedGradientTape: {1e3 * result['tape_s']:.3f} ms "
+    print(f"  DistributedGradientTape ({result['reduction']} path): "
+          f"{1e3 * result['tape_s']:.3f} ms "
           f"({result['tape_GBps']:.2f} GB/s; local backward alone "
           f"{1e3 * result['local_backward_s']:.3f} ms)")
     print(f"  raw Allreduce(IN_PLACE): {1e3 * result['raw_s']:.3f} ms "
