@@ -4,8 +4,10 @@ The syntax is MPICH's Hydra launcher, which the ``mpich`` wheel installs next to
 interpreter: ``-n N`` and ``-genv NAME VALUE``.
 
 >>> argv = mpiexec_argv(2, ["python", "train.py"], mpiexec="mpiexec", cores=8)
->>> argv[:6], argv[-2:]
-(['mpiexec', '-n', '2', '-genv', 'OMP_NUM_THREADS', '4'], ['python', 'train.py'])
+>>> argv[:5]
+['mpiexec', '-n', '2', '-bind-to', 'core:4']
+>>> argv[5:8], argv[-2:]
+(['-genv', 'OMP_NUM_THREADS', '4'], ['python', 'train.py'])
 """
 from __future__ import annotations
 
@@ -56,14 +58,19 @@ def threads_per_rank(np: int, cores: int | None = None) -> int:
 
 def mpiexec_argv(np: int, command: Sequence[str], *, mpiexec: str | None = None,
                  env: Mapping[str, str] | None = None, oversubscribe: bool = False,
-                 extra: Iterable[str] = (), cores: int | None = None) -> list[str]:
+                 extra: Iterable[str] = (), cores: int | None = None,
+                 bind: bool = True) -> list[str]:
     """The argv that runs ``command`` on ``np`` ranks.
 
     Each rank gets ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` =
     :func:`threads_per_rank`; ``env`` adds or overrides variables (``-genv``). More ranks than
     ``cores`` (default: this machine's) is an error unless ``oversubscribe``, which also adds
-    ``-bind-to none`` so time-shared ranks are not pinned to the same cores. ``extra`` goes
-    before the command (e.g. ``("-hosts", "a,b")``).
+    ``-bind-to none`` so time-shared ranks are not pinned to the same cores. Otherwise each
+    rank is bound to as many cores as it has BLAS threads (``-bind-to core:T``): unbound ranks
+    were moved between cores by the scheduler, and the 2-rank weak-scaling efficiency of the
+    benchmark MLP fell from 89-93 % to 77-92 % (BENCHMARKS.md). ``bind=False`` leaves placement
+    to the OS (e.g. when several jobs share a machine). ``extra`` goes before the command (e.g.
+    ``("-hosts", "a,b")``).
     """
     _check_np(np)
     command = [str(part) for part in command]
@@ -77,11 +84,22 @@ def mpiexec_argv(np: int, command: Sequence[str], *, mpiexec: str | None = None,
     variables = {name: threads for name in THREAD_ENV_VARS}
     variables.update({str(k): str(v) for k, v in (env or {}).items()})
     argv = [mpiexec or find_mpiexec(), "-n", str(np)]
-    if oversubscribe:
+    if np > cores:
         argv += ["-bind-to", "none"]
+    elif bind:
+        per_rank = max(_positive_or(variables.get(name), 1) for name in THREAD_ENV_VARS)
+        argv += ["-bind-to", f"core:{max(1, min(per_rank, cores // np))}"]
     for name, value in variables.items():
         argv += ["-genv", name, value]
     return argv + [str(part) for part in extra] + command
+
+
+def _positive_or(text: str | None, default: int) -> int:
+    try:
+        value = int(text) if text is not None else default
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 def run_mpiexec(np: int, command: Sequence[str], *, timeout: float | None = None,

@@ -16,7 +16,7 @@ from tapeflow.distributed.launcher import (
 def test_argv_exact_contents():
     argv = mpiexec_argv(2, ["python", "-m", "tapeflow.launch.train"], mpiexec="/opt/mpiexec",
                         cores=8)
-    assert argv == ["/opt/mpiexec", "-n", "2",
+    assert argv == ["/opt/mpiexec", "-n", "2", "-bind-to", "core:4",
                     "-genv", "OMP_NUM_THREADS", "4",
                     "-genv", "OPENBLAS_NUM_THREADS", "4",
                     "-genv", "MKL_NUM_THREADS", "4",
@@ -33,6 +33,19 @@ def test_argv_env_override_extra_and_oversubscribe():
                     "-genv", "MKL_NUM_THREADS", "1",
                     "-genv", "TAPEFLOW_STALL_TIMEOUT", "5",
                     "-hosts", "a,b", "app", "--flag value"]  # one argv item, never split
+
+
+@pytest.mark.parametrize("env, bind, expected", [
+    ({}, True, ["-bind-to", "core:2"]),                          # the threads each rank runs
+    ({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, True,
+     ["-bind-to", "core:1"]),
+    ({"OPENBLAS_NUM_THREADS": "16"}, True, ["-bind-to", "core:2"]),  # never past cores // np
+    ({}, False, []),                                              # placement left to the OS
+])
+def test_ranks_are_bound_to_their_cores_unless_asked_not_to(env, bind, expected):
+    argv = mpiexec_argv(4, ["app"], mpiexec="mpiexec", cores=8, env=env, bind=bind)
+    assert argv[3:3 + len(expected)] == expected
+    assert ("-bind-to" in argv) == bool(expected)
 
 
 @pytest.mark.parametrize("np_, cores, expected", [(1, 8, 8), (2, 8, 4), (3, 8, 2), (8, 8, 1),
