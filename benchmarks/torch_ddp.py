@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
             env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
                        **{v: str(args.threads) for v in THREAD_VARS})
             argv_r = [_mpiexec(), "-n", str(r)]
-            if r > (os.cpu_count() or 1):
+            if r * args.threads > (os.cpu_count() or 1):
                 argv_r += ["-bind-to", "none"]
+            else:  # the same placement tapeflow's launcher uses
+                argv_r += ["-bind-to", f"core:{args.threads}"]
             for k in ("MASTER_ADDR", "MASTER_PORT", *THREAD_VARS):
                 argv_r += ["-genv", k, env[k]]
             argv_r += [sys.executable, str(Path(__file__).resolve()), "--worker",

@@ -29,7 +29,8 @@ def test_scaling_writes_json_and_png(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         BENCH + ["scaling", "--ranks", "1,2", "--steps", "3", "--warmup", "1", "--hidden", "32",
-                 "--mode", "both", "--comm-repeats", "3", "--out", str(out)],
+                 "--mode", "both", "--comm-repeats", "3", "--repeats", "3",
+                 "--warmup-seconds", "0", "--out", str(out)],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((out / "scaling.json").read_text())
@@ -46,6 +47,10 @@ def test_scaling_writes_json_and_png(tmp_path):
             assert isinstance(r["efficiency"], float) and 0 < r["efficiency"] < 2
             assert r["step_time_s"] > 0 and r["samples_per_s"] > 0
         assert rows[0]["efficiency"] == pytest.approx(1.0)
+        for r in rows:  # three interleaved rounds; the efficiency is their median
+            assert len(r["efficiency_rounds"]) == 3 and len(r["step_time_rounds_s"]) == 3
+            assert r["efficiency"] == pytest.approx(sorted(r["efficiency_rounds"])[1])
+            assert r["step_time_s"] == sorted(r["step_time_rounds_s"])[1]
         assert rows[1]["hidden_fraction"] is None or 0 <= rows[1]["hidden_fraction"] <= 1
     weak, strong = result["modes"]["weak"], result["modes"]["strong"]
     assert [r["global_batch"] for r in weak] == [128, 256]
@@ -108,3 +113,22 @@ def test_step_forwards_arguments_to_step_time_script():
     proc = subprocess.run(BENCH + ["step", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "--repeats" in proc.stdout
+
+
+@pytest.mark.skipif(not _have_mpiexec(), reason="needs mpiexec (pip install mpich)")
+@pytest.mark.parametrize("hidden, path", [("8", "mpi"), ("128", "shared-memory")])
+def test_allreduce_compares_the_tape_with_a_raw_allreduce(tmp_path, hidden, path):
+    # 784-8-10 has 25 KB of gradients (MPI's small-message path); 784-128-10 has 407 KB
+    out = tmp_path / "allreduce.json"
+    proc = subprocess.run(
+        BENCH + ["allreduce", "--ranks", "2", "--hidden", hidden, "--repeats", "5",
+                 "--warmup-seconds", "0", "--json", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["reduction"] == path
+    assert result["grad_bytes"] == 4 * (785 * int(hidden) + (int(hidden) + 1) * 10)
+    assert result["raw_bytes"] == result["grad_bytes"]
+    assert result["tape_s"] > 0 and result["raw_s"] > 0
+    assert result["ratio"] == pytest.approx(result["tape_GBps"] / result["raw_GBps"])
+    assert "bandwidth ratio tape/raw" in proc.stdout
