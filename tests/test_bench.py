@@ -131,4 +131,6 @@ def test_allreduce_compares_the_tape_with_a_raw_allreduce(tmp_path, hidden, path
     assert result["raw_bytes"] == result["grad_bytes"]
     assert result["tape_s"] > 0 and result["raw_s"] > 0
     assert result["ratio"] == pytest.approx(result["tape_GBps"] / result["raw_GBps"])
+    assert result["comm_allreduce_s"] > 0
+    assert result["comm_path"] == ("shared-memory" if path == "shared-memory" else "mpi")
     assert "bandwidth ratio tape/raw" in proc.stdout
