@@ -31,6 +31,7 @@ import numpy as np
 __all__ = [
     "Communicator",
     "Handle",
+    "MismatchError",
     "MPICommunicator",
     "LocalCommunicator",
     "REDUCE_OPS",
@@ -54,6 +55,11 @@ _MAX_NDIM = 64  # NumPy's limit; fixes the size of the shape headers
 SHARED_MEMORY_ENV = "TAPEFLOW_SHARED_MEMORY"
 _LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
                  "MPI_LOCALNRANKS", "MPI_LOCALNRANKIDS")
+
+
+class MismatchError(ValueError):
+    """Ranks called a collective with different sizes, dtypes or ops; raised on every
+    rank before anything is reduced, so the job can report it instead of hanging."""
 
 
 # -- argument handling shared by all implementations ---------------------------------------------
@@ -224,18 +230,18 @@ class Communicator(ABC):
                         check_finite: bool = False) -> bool | None:
         """Reduce several NumPy arrays in place as one collective (blocking).
 
-        With ``check_finite``, return whether the sum of all reduced values is finite (the same
-        answer on every rank: a NaN or infinity on any rank makes it False), else ``None``.
-        Implementations may fuse the buffers and compute the check while reducing (the MPI one
-        does, through shared memory within a node); this default posts one
-        :meth:`iallreduce_` per buffer and waits for all."""
+        With ``check_finite``, return whether every reduced value is finite (the same answer
+        on every rank: a NaN or infinity on any rank makes it False), else ``None``.
+        Implementations may fuse the buffers and test finiteness while reducing (the MPI one
+        does, through shared memory within a node, where ranks that pass different sizes or
+        dtypes get a :class:`MismatchError` before anything is reduced); this default posts
+        one :meth:`iallreduce_` per buffer and waits for all."""
         handles = [self.iallreduce_(b, op) for b in bufs]
         for h in handles:
             h.wait()
         if not check_finite:
             return None
-        return all(bool(np.isfinite(b.sum(dtype=np.float32 if b.dtype == np.float16 else None)))
-                   for b in bufs)
+        return all(bool(np.isfinite(b).all()) for b in bufs)
 
     def reduces_in_shared_memory(self, nbytes: int, dtype: Any) -> bool:
         """True when a blocking in-place reduction of ``nbytes`` of ``dtype`` goes through
@@ -498,7 +504,10 @@ class MPICommunicator(Communicator):
     def allreduce_(self, buf: np.ndarray, op: str = "average") -> np.ndarray:
         _check_inplace(buf, op, "allreduce_")
         if buf.flags.c_contiguous and self.reduces_in_shared_memory(buf.nbytes, buf.dtype):
-            self._shm_reduce([buf], op)
+            if self._comm is None:
+                raise RuntimeError("this communicator was closed; call "
+                                   "tapeflow.distributed.init()")
+            self._shm.allreduce_([buf], op)
             return buf
         return self._iallreduce_(buf, op, "allreduce_").wait()
 
@@ -509,8 +518,10 @@ class MPICommunicator(Communicator):
         if bufs and len({b.dtype for b in bufs}) == 1 and all(
                 b.flags.c_contiguous for b in bufs) and self.reduces_in_shared_memory(
                     sum(b.nbytes for b in bufs), bufs[0].dtype):
-            total = self._shm_reduce(list(bufs), op, check_finite)
-            return bool(np.isfinite(total)) if check_finite else None
+            if self._comm is None:
+                raise RuntimeError("this communicator was closed; call "
+                                   "tapeflow.distributed.init()")
+            return self._shm.allreduce_(list(bufs), op, check_finite=check_finite)
         return super().allreduce_many_(bufs, op, check_finite=check_finite)
 
     def reduces_in_shared_memory(self, nbytes: int, dtype: Any) -> bool:
@@ -519,10 +530,6 @@ class MPICommunicator(Communicator):
     def shared_buffer(self, nbytes: int) -> np.ndarray | None:
         return None if self._shm is None else self._shm.lend(nbytes)
 
-    def _shm_reduce(self, bufs: list, op: str, checksum: bool = False) -> float | None:
-        if self._comm is None:
-            raise RuntimeError("this communicator was closed; call tapeflow.distributed.init()")
-        return self._shm.allreduce_(bufs, op, checksum=checksum)
 
     def iallreduce(self, x: Any, op: str = "average") -> Handle:
         return self._iallreduce(x, op, "iallreduce")

@@ -12,8 +12,9 @@ Synchronisation is three counters per call in a small control window (one cache 
 arrived (buffer written, with its size, dtype and op published), reduced, read out. The last
 one is waited for lazily, at the start of the next call, so a call costs two waits. A rank
 that waits longer than the stall timeout reports which ranks have not arrived, from those same
-counters. Mismatched sizes, dtypes or ops are a ``ValueError`` on every rank before anything is
-reduced: nothing hangs and nothing is corrupted.
+counters. Mismatched sizes, dtypes or ops are a ``MismatchError`` (a ``ValueError``) on every
+rank before anything is reduced: nothing hangs and nothing is corrupted. (Both ranks must take
+this path to meet: buffers of at least ``min_bytes`` on every rank.)
 
 Only blocking, in-place reductions take this path (``allreduce_``, ``allreduce_many_``); shared
 memory cannot progress in the background, so non-blocking requests stay with MPI.
@@ -27,6 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .comm import MismatchError
+
 __all__ = ["SharedMemoryReducer", "DEFAULT_MIN_BYTES"]
 
 #: Buffers smaller than this go through MPI, whose small-message path is already a few us.
@@ -37,7 +40,7 @@ _DTYPE_CODES = {np.dtype(np.float16): 1, np.dtype(np.float32): 2, np.dtype(np.fl
 _DTYPE_OF_CODE = {c: d for d, c in _DTYPE_CODES.items()}
 _ALIGN = 16          # slice boundaries on multiples of 16 elements (one 64-byte line of float32)
 _ROW = 8             # int64 slots per rank in the control window: 64 bytes, one cache line
-_COUNT, _NBYTES, _DTYPE, _OP, _SUM, _OFFSET = 0, 1, 2, 3, 4, 5
+_COUNT, _NBYTES, _DTYPE, _OP, _FINITE, _OFFSET = 0, 1, 2, 3, 4, 5
 _sched_yield = getattr(os, "sched_yield", lambda: None)
 
 
@@ -102,7 +105,7 @@ class SharedMemoryReducer:
         self._ctl = np.frombuffer(mem, dtype=np.int64, count=local * _ROW).reshape(local, _ROW)
         self._ctl[me] = 0
         self._counters = self._ctl[:, _COUNT]
-        self._sums = self._ctl[:, _SUM].view(np.float64)
+        self._finite = self._ctl[:, _FINITE]
         ctl_win.Sync()
         node.Barrier()
         ctl_win.Sync()
@@ -198,12 +201,12 @@ class SharedMemoryReducer:
 
     # -- the reduction --------------------------------------------------------------------------
     def allreduce_(self, bufs: Sequence[np.ndarray], op: str = "sum", *,
-                   checksum: bool = False) -> float | None:
+                   check_finite: bool = False) -> bool | None:
         """Reduce the C-contiguous ``bufs`` (one dtype) in place over every rank, as one
         collective: their concatenation is what is reduced. ``op``: sum, average or max.
 
-        With ``checksum``, return the sum of every reduced value (float64, the same on every
-        rank; each rank sums its own slice while it is in cache): a cheap finiteness test."""
+        With ``check_finite``, return whether every reduced value is finite (the same answer on
+        every rank; each rank tests its own slice while it is in cache)."""
         dtype = bufs[0].dtype
         flat = [b.reshape(-1) for b in bufs]
         total = sum(f.size for f in flat)
@@ -223,7 +226,7 @@ class SharedMemoryReducer:
         meta = self._ctl[:, _NBYTES:_OP + 1]
         if (meta != meta[self._me]).any():
             self._publish(base + 3)  # keep the counters in step: every rank raises here
-            raise ValueError(self._mismatch(meta))
+            raise MismatchError(self._mismatch(meta))
         if not fits:  # every rank sees the same sizes, so every rank grows the window
             self._grow(nbytes)
             self._copy_in(flat, dtype)
@@ -233,11 +236,11 @@ class SharedMemoryReducer:
         offsets = self._ctl[:, _OFFSET]
         segs = [s[o:o + nbytes].view(dtype) for s, o in zip(self._segments, offsets)]
         lo, hi = self._slice(total, self._me)
-        part = 0.0
+        part = 1
         if hi > lo:
-            with np.errstate(all="ignore"):  # inf/NaN are reported through the checksum
-                part = self._reduce_slice(segs, lo, hi, op, dtype, checksum)
-        self._sums[self._me] = part
+            with np.errstate(all="ignore"):  # inf/NaN are reported by the finiteness test
+                part = self._reduce_slice(segs, lo, hi, op, dtype, check_finite)
+        self._finite[self._me] = part
         self._publish(base + 2)
         self._wait(base + 2, "reduction")
         bounds = [self._slice(total, r) for r in range(self._local)]
@@ -254,7 +257,7 @@ class SharedMemoryReducer:
                 if a < b:
                     f[a - off:b - off] = segs[r][a:b]
             off = end
-        result = float(self._sums.sum()) if checksum else None
+        result = bool(self._finite.min()) if check_finite else None
         self._publish(base + 3)
         return result
 
@@ -272,7 +275,7 @@ class SharedMemoryReducer:
             off += n
 
     def _reduce_slice(self, segs: list, lo: int, hi: int, op: str, dtype: np.dtype,
-                      checksum: bool) -> float:
+                      check_finite: bool) -> int:
         ufunc = np.maximum if op == "max" else np.add
         order = [self._me] + [r for r in range(self._local) if r != self._me]
         if dtype == np.float16:  # accumulate in float32, like the MPI path
@@ -290,10 +293,13 @@ class SharedMemoryReducer:
             self._cross.Allreduce(MPI.IN_PLACE, [acc, mpi_type[acc.dtype]],
                                   op=MPI.MAX if op == "max" else MPI.SUM)
         if op == "average":
-            np.divide(acc, self._world, out=acc)
+            if acc.dtype.kind == "f":
+                np.multiply(acc, acc.dtype.type(1.0 / self._world), out=acc)
+            else:
+                np.divide(acc, self._world, out=acc)
         if acc.dtype != dtype:
             np.copyto(segs[self._me][lo:hi], acc, casting="unsafe")
-        return float(acc.sum()) if checksum else 0.0
+        return int(bool(np.isfinite(acc).all())) if check_finite else 1
 
     def _mismatch(self, meta: np.ndarray) -> str:
         ops = {v: k for k, v in _OPS.items()}
@@ -343,7 +349,7 @@ class SharedMemoryReducer:
             return
         self.enabled = False
         self._free_data()
-        self._ctl = self._counters = self._sums = None
+        self._ctl = self._counters = self._finite = None
         win, self._ctl_win = self._ctl_win, None
         win.Unlock_all()
         win.Free()

@@ -255,8 +255,7 @@ class DistributedGradientTape:
                 b.handle.wait()
                 b.handle = None
                 if self.nonfinite != "ignore":
-                    s = b.buf[:b.total].sum(dtype=np.float32 if b.dtype == np.float16 else None)
-                    finite = finite and bool(np.isfinite(s))
+                    finite = finite and bool(np.isfinite(b.buf[:b.total]).all())
         if not finite:
             self._on_nonfinite(leaves, local)
             return [None] * len(leaves)

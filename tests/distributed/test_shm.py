@@ -15,6 +15,7 @@ import pytest
 
 import tapeflow as tp
 from tapeflow.distributed import DistributedGradientTape
+from tapeflow.distributed.comm import MismatchError
 
 pytestmark = pytest.mark.mpi
 
@@ -99,7 +100,7 @@ def test_finite_check_agrees_on_every_rank(comm):
 def test_mismatched_sizes_raise_on_every_rank_and_the_next_call_works(comm):
     _shm(comm)
     buf = np.ones(BIG + comm.rank, np.float32)
-    with pytest.raises(ValueError, match=r"different buffers.*rank 0: 160000 bytes.*rank 1: "
+    with pytest.raises(MismatchError, match=r"different buffers.*rank 0: 160000 bytes.*rank 1: "
                                          r"160004 bytes"):
         comm.allreduce_(buf, op="sum")
     np.testing.assert_array_equal(buf, 1)  # nothing was reduced
@@ -111,7 +112,7 @@ def test_mismatched_sizes_raise_on_every_rank_and_the_next_call_works(comm):
 def test_mismatched_dtypes_raise_on_every_rank(comm):
     _shm(comm)
     dtype = np.float32 if comm.rank == 0 else np.int32
-    with pytest.raises(ValueError, match=r"rank 0: 160000 bytes of float32.*int32"):
+    with pytest.raises(MismatchError, match=r"rank 0: 160000 bytes of float32.*int32"):
         comm.allreduce_(np.ones(BIG, dtype), op="sum")
 
 
@@ -206,3 +207,15 @@ def test_a_late_rank_is_reported_by_the_ranks_waiting_for_it(comm, capfd):
         assert "shared-memory all-reduce" in err
     else:
         assert "not arrived" not in err
+
+
+def test_distributed_tape_names_mismatched_large_tensors(comm):
+    _shm(comm)
+    # the same number of bytes on every rank, different shapes: the signature check catches it
+    shape = (300, 100) if comm.rank == 0 else (100, 300)
+    w = tp.Variable(np.ones(shape, np.float32), name="w")
+    with DistributedGradientTape(tp.GradientTape(), comm) as tape:
+        loss = tp.reduce_sum(w * w)
+    with pytest.raises(ValueError, match=r"tensor #0 \(w\): rank 0 \(300, 100\) float32, "
+                                         r"rank 1 \(100, 300\) float32"):
+        tape.gradient(loss, w)
