@@ -390,8 +390,8 @@ class MPICommunicator(Communicator):
 
     Blocking in-place reductions of at least 64 KiB (``allreduce_``, ``allreduce_many_``) run
     through a shared-memory window among the ranks of each node, hierarchically across nodes
-    (:mod:`tapeflow.distributed.shm`), 2-5x faster than the MPI library's ``Allreduce`` on one
-    node. ``shared_memory=False`` (or ``$TAPEFLOW_SHARED_MEMORY=0``) keeps everything in MPI;
+    (:mod:`tapeflow.distributed.shm`): 1.15-1.5x the speed of the MPI library's ``Allreduce``
+    on one node for 2.68 MB (BENCHMARKS.md). ``shared_memory=False`` (or ``$TAPEFLOW_SHARED_MEMORY=0``) keeps everything in MPI;
     ``node_size`` groups ranks ``rank // node_size`` as nodes instead of by shared memory.
     """
 
@@ -444,17 +444,19 @@ class MPICommunicator(Communicator):
         if self._shm is not None:
             self._shm.stall_timeout = self._monitor.timeout
 
-    def _run(self, name: str, post: Callable[[], Any]) -> None:
-        """Post one non-blocking collective and complete it under the stall monitor."""
+    def _require_open(self) -> None:
         if self._comm is None:
             raise RuntimeError("this communicator was closed; call tapeflow.distributed.init()")
+
+    def _run(self, name: str, post: Callable[[], Any]) -> None:
+        """Post one non-blocking collective and complete it under the stall monitor."""
+        self._require_open()
         seq = self._monitor.enter()
         self._monitor.wait(post(), name, seq)
 
     # reductions: a work buffer (the caller's, or a copy) is reduced in place, then finished
     def _post_reduce(self, work: np.ndarray, op: str) -> tuple[Any, int]:
-        if self._comm is None:
-            raise RuntimeError("this communicator was closed; call tapeflow.distributed.init()")
+        self._require_open()
         MPI = self._MPI
         mpi_type = getattr(MPI, _DTYPES[work.dtype][1])
         seq = self._monitor.enter()
@@ -504,9 +506,7 @@ class MPICommunicator(Communicator):
     def allreduce_(self, buf: np.ndarray, op: str = "average") -> np.ndarray:
         _check_inplace(buf, op, "allreduce_")
         if buf.flags.c_contiguous and self.reduces_in_shared_memory(buf.nbytes, buf.dtype):
-            if self._comm is None:
-                raise RuntimeError("this communicator was closed; call "
-                                   "tapeflow.distributed.init()")
+            self._require_open()
             self._shm.allreduce_([buf], op)
             return buf
         return self._iallreduce_(buf, op, "allreduce_").wait()
@@ -518,9 +518,7 @@ class MPICommunicator(Communicator):
         if bufs and len({b.dtype for b in bufs}) == 1 and all(
                 b.flags.c_contiguous for b in bufs) and self.reduces_in_shared_memory(
                     sum(b.nbytes for b in bufs), bufs[0].dtype):
-            if self._comm is None:
-                raise RuntimeError("this communicator was closed; call "
-                                   "tapeflow.distributed.init()")
+            self._require_open()
             return self._shm.allreduce_(list(bufs), op, check_finite=check_finite)
         return super().allreduce_many_(bufs, op, check_finite=check_finite)
 
@@ -529,7 +527,6 @@ class MPICommunicator(Communicator):
 
     def shared_buffer(self, nbytes: int) -> np.ndarray | None:
         return None if self._shm is None else self._shm.lend(nbytes)
-
 
     def iallreduce(self, x: Any, op: str = "average") -> Handle:
         return self._iallreduce(x, op, "iallreduce")
@@ -645,20 +642,20 @@ class MPICommunicator(Communicator):
         """Free the RMA window and the duplicated communicator (collective)."""
         if self._comm is not None:
             atexit.unregister(self._close_at_exit)
-            self._monitor.close()
-            if self._shm is not None:
-                self._shm.close()
-                self._shm = None
+            self._close_windows()
             comm, self._comm = self._comm, None
             comm.Free()
 
     def _close_at_exit(self) -> None:
         if self._comm is not None and self._MPI.Is_initialized() and not self._MPI.Is_finalized():
-            self._monitor.close()
-            if self._shm is not None:
-                self._shm.close()
-                self._shm = None
+            self._close_windows()
             self._comm = None
+
+    def _close_windows(self) -> None:
+        self._monitor.close()
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
 
 
 # -- registry -----------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ Ranks on one node write their buffers into a shared window; each then reduces it
 next all-reduced over MPI among the ranks holding the same slice on every node), and every rank
 reads the finished slices back. Per rank that is one copy in, one ``1/local_size`` reduction
 and one copy out, with no message protocol in between: on the 2-core benchmark machine a
-2.68 MB float32 reduction took 0.09-0.20 ms this way against 0.33-0.80 ms for the MPI library's
-own ``Allreduce`` (BENCHMARKS.md).
+2.68 MB float32 ``allreduce_`` took 0.43-0.73 ms this way against 0.64-0.84 ms for the MPI
+library's own ``Allreduce`` (1.15-1.5x; BENCHMARKS.md), and the distributed tape, which packs
+straight into the window (:meth:`SharedMemoryReducer.lend`), skips the copy in as well.
 
 Synchronisation is three counters per call in a small control window (one cache line per rank):
 arrived (buffer written, with its size, dtype and op published), reduced, read out. The last

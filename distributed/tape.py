@@ -13,7 +13,7 @@ averages) every bucket in place and tests finiteness on the way. Nothing is laun
 there: a shared-memory reduction is CPU work that would only compete with the sweep, and MPI
 libraries on CPUs advance non-blocking collectives only inside MPI calls anyway (measured: 0 %
 hidden). On the 2-core benchmark machine this path took the 2-rank weak-scaling efficiency of
-the 784-512-512-10 MLP from 80-88 % to 90-95 % (BENCHMARKS.md).
+the 784-512-512-10 MLP from 77-88 % to a median of 89.5 % over 77 rounds (BENCHMARKS.md).
 
 Safety, on by default:
 - before any reduction the ranks compare the count, shapes and dtypes of their sources (one tiny
@@ -68,6 +68,7 @@ class _Plan:
     where: dict                # source position -> (bucket index, member index)
     signature: tuple
     fused: bool = False        # one blocking shared-memory reduction at the end, not per bucket
+    nbytes: tuple = ()         # bytes of each bucket's buffer (gradients and presence flags)
 
 
 class GradientAccumulation:
@@ -345,10 +346,10 @@ class DistributedGradientTape:
             cur.offsets.append(cur.total)
             cur.sizes.append(n)
             cur.total += n
+        nbytes = tuple((b.total + len(b.members)) * b.dtype.itemsize for b in buckets)
         dtypes = {b.dtype for b in buckets}
-        fused = len(dtypes) == 1 and self.comm.reduces_in_shared_memory(
-            sum((b.total + len(b.members)) * b.dtype.itemsize for b in buckets), dtypes.pop())
-        plan = _Plan(buckets=buckets, where=where, signature=sig, fused=fused)
+        fused = len(dtypes) == 1 and self.comm.reduces_in_shared_memory(sum(nbytes), dtypes.pop())
+        plan = _Plan(buckets=buckets, where=where, signature=sig, fused=fused, nbytes=nbytes)
         self._plans[key] = plan
         return plan
 
@@ -360,12 +361,11 @@ class DistributedGradientTape:
         for b in plan.buckets:  # drop last call's views, so only the user's can keep it busy
             if b.lent:
                 b.buf, b.lent = None, False
-        sizes = [(b.total + len(b.members)) * b.dtype.itemsize for b in plan.buckets]
-        whole = self.comm.shared_buffer(sum(sizes))
+        whole = self.comm.shared_buffer(sum(plan.nbytes))
         if whole is None:
             return
         off = 0
-        for b, n in zip(plan.buckets, sizes):
+        for b, n in zip(plan.buckets, plan.nbytes):
             b.buf, b.lent = whole[off:off + n].view(b.dtype), True
             off += n
 
