@@ -13,7 +13,7 @@ averages) every bucket in place and tests finiteness on the way. Nothing is laun
 there: a shared-memory reduction is CPU work that would only compete with the sweep, and MPI
 libraries on CPUs advance non-blocking collectives only inside MPI calls anyway (measured: 0 %
 hidden). On the 2-core benchmark machine this path took the 2-rank weak-scaling efficiency of
-the 784-512-512-10 MLP from 77-88 % to a median of 89.5 % over 77 rounds (BENCHMARKS.md).
+the 784-512-512-10 MLP from 77-88 % to a median of 91.0 % over 44 rounds (BENCHMARKS.md).
 
 Safety, on by default:
 - before any reduction the ranks compare the count, shapes and dtypes of their sources (one tiny
