@@ -219,3 +219,25 @@ def test_distributed_tape_names_mismatched_large_tensors(comm):
     with pytest.raises(ValueError, match=r"tensor #0 \(w\): rank 0 \(300, 100\) float32, "
                                          r"rank 1 \(100, 300\) float32"):
         tape.gradient(loss, w)
+
+
+def test_without_shared_memory_the_tape_overlaps_mpi_buckets_with_the_same_result(comm):
+    _shm(comm)
+    from tapeflow.distributed.comm import MPICommunicator
+
+    mpi_only = MPICommunicator(shared_memory=False, stall_timeout=30)
+    try:
+        assert not mpi_only.reduces_in_shared_memory(1 << 20, np.float32)
+        w = tp.Variable(np.linspace(-1, 1, 300 * 200, dtype=np.float32).reshape(300, 200))
+        x = np.random.default_rng([comm.rank, 5]).standard_normal((4, 300)).astype(np.float32)
+        grads = {}
+        for name, c in (("shm", comm), ("mpi", mpi_only)):
+            with DistributedGradientTape(tp.GradientTape(), c, bucket_bytes=64 << 10) as tape:
+                loss = tp.reduce_sum(tp.square(tp.matmul(tp.constant(x), w)))
+            grads[name] = tape.gradient(loss, w).numpy()
+            assert tape.stats["shared_memory"] is (name == "shm")
+            # MPI buckets start during the sweep; the shared-memory reduction runs after it
+            assert (tape.stats["launched_during_backward"] >= 1) is (name == "mpi")
+        np.testing.assert_allclose(grads["shm"], grads["mpi"], rtol=1e-6, atol=1e-6)
+    finally:
+        mpi_only.close()
