@@ -238,6 +238,8 @@ def test_without_shared_memory_the_tape_overlaps_mpi_buckets_with_the_same_resul
             assert tape.stats["shared_memory"] is (name == "shm")
             # MPI buckets start during the sweep; the shared-memory reduction runs after it
             assert (tape.stats["launched_during_backward"] >= 1) is (name == "mpi")
-        np.testing.assert_allclose(grads["shm"], grads["mpi"], rtol=1e-6, atol=1e-6)
+        # the same sums in another order (float32): equal to rounding
+        scale = float(np.abs(grads["mpi"]).max())
+        np.testing.assert_allclose(grads["shm"], grads["mpi"], rtol=1e-5, atol=1e-6 * scale)
     finally:
         mpi_only.close()
