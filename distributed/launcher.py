@@ -11,14 +11,19 @@ interpreter: ``-n N`` and ``-genv NAME VALUE``.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-__all__ = ["find_mpiexec", "threads_per_rank", "mpiexec_argv", "run_mpiexec", "THREAD_ENV_VARS"]
+__all__ = ["find_mpiexec", "threads_per_rank", "mpiexec_argv", "run_mpiexec", "run_job",
+           "inside_mpi_job", "cpu_count", "THREAD_ENV_VARS", "FORWARDED_SIGNALS"]
 
 # BLAS/OpenMP pools that would otherwise each start one thread per core in every rank.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -30,11 +35,25 @@ def _check_np(np: int) -> int:
     return np
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
+    """The cores this process may run on (respects taskset / cgroup CPU sets)."""
     try:
-        return len(os.sched_getaffinity(0))  # respects taskset / cgroup CPU sets
+        return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+_cpu_count = cpu_count
+
+# Variables an MPI launcher sets in each rank (MPICH/Hydra, Open MPI, PMIx, Slurm's PMI).
+_JOB_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+_JOB_HINT_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_FD", "HYDRA_CONTROL_FD")
+
+
+def inside_mpi_job(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process was started as a rank of an MPI job (``mpiexec``'s variables)."""
+    environ = os.environ if environ is None else environ
+    return any(name in environ for name in (*_JOB_SIZE_VARS, *_JOB_HINT_VARS))
 
 
 def find_mpiexec() -> str:
@@ -103,9 +122,125 @@ def _positive_or(text: str | None, default: int) -> int:
 
 
 def run_mpiexec(np: int, command: Sequence[str], *, timeout: float | None = None,
-                **options) -> int:
-    """Run :func:`mpiexec_argv` ``(np, command, **options)`` and return its exit status.
+                grace: float = 30.0, **options) -> int:
+    """Run :func:`mpiexec_argv` ``(np, command, **options)`` under :func:`run_job`.
 
+    Returns the job's exit status, or ``128 + signum`` when a signal stopped it.
     ``timeout`` (seconds) raises :class:`subprocess.TimeoutExpired` after killing the job.
     """
-    return subprocess.run(mpiexec_argv(np, command, **options), timeout=timeout).returncode
+    return run_job(mpiexec_argv(np, command, **options), timeout=timeout, grace=grace)
+
+
+# SIGINT (Ctrl-C), SIGTERM (kill, batch schedulers), SIGHUP (the terminal went away).
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _become_subreaper() -> None:
+    """Linux: orphaned descendants (ranks whose mpiexec died) are re-parented to this process,
+    so they can still be found and stopped. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        except (OSError, AttributeError):
+            pass
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (ppid first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[1:]
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> start time of every live descendant of ``root`` (empty where /proc is absent)."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        fields = _stat(int(entry)) if entry.isdigit() else None
+        if fields is not None:
+            children.setdefault(int(fields[0]), []).append((int(entry), fields[18]))
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for pid, started in children.get(todo.pop(), ()):
+            if pid not in found:
+                found[pid] = started
+                todo.append(pid)
+    return found
+
+
+def _kill_all(processes: Mapping[int, str]) -> None:
+    """SIGKILL each recorded process that is still the same one (same start time), then
+    collect the status of those that are children of this process (no zombies left)."""
+    for pid, started in processes.items():
+        fields = _stat(pid)
+        if fields is not None and fields[18] == started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    for pid in processes:
+        fields = _stat(pid)
+        if fields is not None and int(fields[0]) == os.getpid():
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def run_job(argv: Sequence[str], *, timeout: float | None = None, grace: float = 30.0,
+            poll: float = 0.2) -> int:
+    """Run a job launcher (``mpiexec ...``) and stay responsible for every process it starts.
+
+    SIGINT, SIGTERM and SIGHUP received here are passed on to the job as SIGTERM (mpiexec
+    forwards it to every rank without a banner; tapeflow-train saves a checkpoint on it) and
+    the job is waited for. A job still running ``grace`` seconds after the signal, or a
+    second signal, is killed (SIGKILL) with every process it started. Descendants are tracked
+    while the job runs, and on Linux orphans re-parent here, so none outlives this call.
+    Returns the job's status, or ``128 + signum`` of the first signal that stopped it.
+    """
+    signals: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, lambda signum, frame: signals.append(signum))
+                    for s in FORWARDED_SIGNALS}
+    _become_subreaper()
+    before = set(_descendants(os.getpid()))  # e.g. a test runner's other children: not ours
+    started = time.monotonic()
+    tracked: dict[int, str] = {}
+    stop_sent = None
+    timed_out = False
+    proc = None
+    try:
+        # Its own session: a terminal's Ctrl-C reaches only this process, which passes it on.
+        proc = subprocess.Popen(list(argv), start_new_session=True)
+        while True:
+            try:
+                code = proc.wait(timeout=poll)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            tracked.update(_descendants(proc.pid))
+            now = time.monotonic()
+            if signals and stop_sent is None:
+                stop_sent = now
+                proc.send_signal(signal.SIGTERM)
+            if stop_sent is not None and (len(signals) > 1 or now - stop_sent > grace):
+                break  # a second signal, or the grace period is over: killed below
+            if timeout is not None and now - started > timeout:
+                timed_out = True
+                break
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        tracked.update({pid: t for pid, t in _descendants(os.getpid()).items()
+                        if pid not in before})
+        _kill_all(tracked)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if timed_out:
+        raise subprocess.TimeoutExpired(list(argv), timeout)
+    return 128 + signals[0] if signals else proc.returncode

@@ -4,7 +4,9 @@ Layout of a checkpoint directory (one entry per saved step)::
 
     <directory>/ckpt-000001234/tensors.safetensors   every array (safetensors: no pickle)
     <directory>/ckpt-000001234/manifest.json         step, epoch, position, RNG state, scalars,
-                                                     user metadata, tensor list, SHA-256
+                                                     user metadata, tensor list, SHA-256 of the
+                                                     tensor file and of the manifest itself
+    <directory>/.lock                                held (flock) by the run writing here
 
 Writing is crash safe: both files go into a hidden temp directory ``.tmp-ckpt-*``, each file
 and the directory are fsynced, and one ``os.rename`` of the directory is the commit point
@@ -14,7 +16,13 @@ derived by listing (no pointer file that could disagree with the directory).
 
 Loading never runs code: the tensor file is parsed by safetensors (a JSON header and raw
 bytes), the manifest by :mod:`json`; the file's SHA-256 and the tensor list are checked
-against the manifest, and any mismatch is a :class:`CheckpointError` naming the file.
+against the manifest, and any mismatch is a :class:`CheckpointError` naming the file. The
+manifest carries the SHA-256 of its own canonical JSON (``manifest_sha256``), so a damaged
+step, epoch or batch position is refused too, not silently trusted.
+
+Leftover temp directories of a save that was killed midway are removed by
+:func:`remove_leftovers` (called by a run that holds :class:`DirectoryLock`) and, as a
+fallback, by any later save once they are an hour old.
 
 One process (rank 0) writes; every rank may read.
 
@@ -49,10 +57,13 @@ from ._backend import to_numpy
 __all__ = [
     "FORMAT_VERSION", "TENSORS_FILE", "MANIFEST_FILE", "Checkpoint", "CheckpointError",
     "save", "load", "latest", "list_checkpoints", "restore_latest",
-    "save_training_state", "restore_training_state",
+    "save_training_state", "restore_training_state", "DirectoryLock", "remove_leftovers",
+    "read_manifest", "LOCK_FILE",
 ]
 
-FORMAT_VERSION = 1
+# 2: the manifest carries manifest_sha256 (a version-1 manifest had no checksum of its own).
+FORMAT_VERSION = 2
+LOCK_FILE = ".lock"
 TENSORS_FILE = "tensors.safetensors"
 MANIFEST_FILE = "manifest.json"
 _PREFIX = "ckpt-"
@@ -140,6 +151,19 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical JSON, without its own ``manifest_sha256`` field."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The verified manifest of checkpoint directory ``path`` (its own checksum checked; the
+    tensor file is not read). Raises :class:`CheckpointError` naming the file."""
+    return _read_manifest(Path(path))
+
+
 def _read_manifest(path: Path) -> dict:
     mpath = path / MANIFEST_FILE
     try:
@@ -156,11 +180,20 @@ def _read_manifest(path: Path) -> dict:
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{mpath}: manifest is not a JSON object")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
-        raise CheckpointError(f"{mpath}: unsupported format_version {version!r} "
-                              f"(this tapeflow reads 1..{FORMAT_VERSION})")
-    for key, kind in (("step", int), ("sha256", str), ("tensors", dict)):
-        if not isinstance(manifest.get(key), kind):
+    if not isinstance(version, int) or version != FORMAT_VERSION:
+        raise CheckpointError(f"{mpath}: unsupported format_version {version!r} (this "
+                              f"tapeflow reads {FORMAT_VERSION}; version 1 had no manifest "
+                              "checksum)")
+    recorded = manifest.get("manifest_sha256")
+    try:
+        actual = _manifest_digest(manifest)
+    except ValueError as e:  # nan/inf smuggled into the JSON
+        raise CheckpointError(f"{mpath}: manifest holds a non-finite number: {e}") from e
+    if recorded != actual:
+        raise CheckpointError(f"{mpath}: manifest checksum mismatch: SHA-256 {actual}, "
+                              f"manifest says {recorded!r} (the manifest is damaged)")
+    for key, kind in (("step", int), ("epoch", int), ("sha256", str), ("tensors", dict)):
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
             raise CheckpointError(f"{mpath}: manifest field {key!r} is missing or not "
                                   f"a {kind.__name__}")
     return manifest
@@ -176,15 +209,81 @@ def _is_committed(path: Path) -> bool:
         return False
 
 
-def _remove_stale(directory: Path) -> None:
-    now = time.time()
+def _remove_stale(directory: Path, max_age: float = _STALE_SECONDS) -> list[Path]:
+    now, removed = time.time(), []
     for entry in directory.iterdir():
         if entry.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and entry.is_dir():
             try:
-                if now - entry.stat().st_mtime > _STALE_SECONDS:
+                if now - entry.stat().st_mtime >= max_age:
                     shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
             except OSError:
                 pass
+    return removed
+
+
+def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
+    """Remove every temp directory a killed save left in ``directory``, whatever its age.
+
+    Only safe while no other process saves there: call it holding :class:`DirectoryLock`.
+    An ``.old-ckpt-*`` directory whose checkpoint never came back (killed between the two
+    renames of a replacing save) is moved back first. Returns the removed paths.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    for entry in directory.glob(f"{_OLD_PREFIX}*/{_PREFIX}*"):
+        if _NAME_RE.match(entry.name) and not (directory / entry.name).exists():
+            os.rename(entry, directory / entry.name)
+    return _remove_stale(directory, max_age=0.0)
+
+
+class DirectoryLock:
+    """An exclusive ``flock`` on ``<directory>/.lock`` for the run that writes checkpoints.
+
+    A second run on the same directory (say a ``--resume`` started while the first job still
+    trains) gets a :class:`CheckpointError` naming the holder's pid at once. The lock goes
+    away with the process, even after ``kill -9``. Where ``fcntl`` is missing it does nothing.
+
+    >>> import tempfile
+    >>> with DirectoryLock(tempfile.mkdtemp()):
+    ...     pass
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> "DirectoryLock":
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(f"{self.path.parent} is in use by another run (pid {holder}):"
+                                  " wait for it to end, stop it, or use another directory"
+                                  ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "DirectoryLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def _prune(directory: Path, keep: int) -> None:
@@ -255,6 +354,7 @@ def save(directory: str | os.PathLike, step: int, *, tensors: Mapping[str, Any],
                 digest.update(chunk)
         manifest["sha256"] = digest.hexdigest()
         manifest["size"] = tpath.stat().st_size
+        manifest["manifest_sha256"] = _manifest_digest(manifest)
         mpath = tmp / MANIFEST_FILE
         with open(mpath, "w", encoding="utf-8") as f:  # the manifest is written last
             json.dump(manifest, f, indent=1, sort_keys=True)

@@ -215,11 +215,62 @@ def test_missing_tensor_file(tmp_path):
         ckpt.load(p)
 
 
-def _rewrite_manifest(p: Path, edit) -> None:
+def _rewrite_manifest(p: Path, edit, reseal: bool = True) -> None:
+    """Edit a manifest; ``reseal`` recomputes its own checksum (a consistent but wrong
+    manifest, to reach the checks behind the checksum)."""
     m = p / "manifest.json"
     manifest = json.loads(m.read_text())
     edit(manifest)
+    if reseal:
+        manifest["manifest_sha256"] = ckpt._manifest_digest(manifest)
     m.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(position=10**9),            # would silently skip an epoch
+    lambda m: m.update(step=m["step"] + 1),
+    lambda m: m.update(epoch=7),
+    lambda m: m["extra"].update(batch_size=64),
+    lambda m: m.update(manifest_sha256="0" * 64),
+    lambda m: m.pop("manifest_sha256"),
+], ids=["position", "step", "epoch", "extra", "checksum", "no-checksum"])
+def test_a_damaged_manifest_is_refused_by_its_own_checksum(tmp_path, edit):
+    p = ckpt.save(tmp_path, 3, tensors={"w": np.ones(2, np.float32)}, position=4,
+                  extra={"batch_size": 32})
+    _rewrite_manifest(p, edit, reseal=False)
+    with pytest.raises(CheckpointError, match="manifest checksum mismatch"):
+        ckpt.load(p)
+    with pytest.raises(CheckpointError, match="manifest checksum mismatch"):
+        ckpt.read_manifest(p)
+    assert ckpt.latest(tmp_path) is None
+    with pytest.warns(UserWarning, match="skipping corrupt checkpoint"):
+        assert ckpt.restore_latest(tmp_path) is None
+
+
+def test_remove_leftovers_clears_temp_dirs_of_killed_saves_at_once(tmp_path):
+    good = ckpt.save(tmp_path, 1, tensors={"w": np.ones(2, np.float32)})
+    fresh = tmp_path / ".tmp-ckpt-killed"  # seconds old: the age rule alone would keep it
+    fresh.mkdir()
+    (fresh / "tensors.safetensors").write_bytes(b"x" * 1000)
+    # a replacing save killed between its two renames: the old copy is moved back
+    aside = tmp_path / ".old-ckpt-abc"
+    aside.mkdir()
+    (tmp_path / "ckpt-000000002").mkdir()
+    ckpt.save(tmp_path, 2, tensors={"w": np.zeros(2, np.float32)}, keep=None)
+    os.rename(tmp_path / "ckpt-000000002", aside / "ckpt-000000002")
+    removed = ckpt.remove_leftovers(tmp_path)
+    assert sorted(p.name for p in removed) == [".old-ckpt-abc", ".tmp-ckpt-killed"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == \
+        ["ckpt-000000001", "ckpt-000000002"]
+    assert ckpt.load(good).step == 1 and ckpt.load(tmp_path / "ckpt-000000002").step == 2
+
+
+def test_directory_lock_refuses_a_second_run_and_names_the_holder(tmp_path):
+    with ckpt.DirectoryLock(tmp_path):
+        with pytest.raises(CheckpointError, match=rf"in use by another run \(pid {os.getpid()}\)"):
+            ckpt.DirectoryLock(tmp_path).acquire()
+    with ckpt.DirectoryLock(tmp_path):  # released: free again
+        pass
 
 
 def test_manifest_shape_or_names_disagree_with_file(tmp_path):
