@@ -6,7 +6,8 @@ import inspect
 from typing import Callable
 
 from . import nest
-from .tape import _ACTIVE, GradientTape, Primitive, _record
+from .recording import _ACTIVE, Primitive, _record
+from .tape import GradientTape
 from .tensor import Tensor, Variable, convert_to_tensor
 
 __all__ = ["custom_gradient"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import primitives as P
 from ._backend import array_module
-from .tape import stop_gradient
+from .recording import stop_gradient
 from .tensor import Tensor, Variable, _to_array, as_dtype, constant, convert_to_tensor
 
 __all__ = [

@@ -15,7 +15,7 @@ import operator
 import numpy as np
 
 from ._backend import array_module
-from .tape import _ACTIVE, primitive
+from .recording import _ACTIVE, primitive
 from .tensor import Tensor
 
 __all__: list[str] = []  # internal: the public names live in tapeflow.ops

@@ -1,4 +1,4 @@
-"""Recording and the reverse sweep: primitives, ``GradientTape`` and ``stop_gradient``.
+"""The reverse sweep and ``GradientTape``; recording itself lives in :mod:`recording`.
 
 A tape is a list of records in execution order. Backward walks it once in reverse (no
 topological sort, no recursion). Each record is a tuple
@@ -12,131 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from . import nest
-from .tensor import Tensor, Variable, _snapshot, convert_to_tensor
+from . import nest, ops
+from . import primitives as P
+from .recording import (  # noqa: F401  (re-exported: the tape's historical names)
+    _ACTIVE, PRIMITIVES, Primitive, _record, _record2, primitive, stop_gradient)
+from .tensor import Tensor, Variable, convert_to_tensor
 
 __all__ = ["GradientTape", "Primitive", "PRIMITIVES", "primitive", "stop_gradient",
            "UnconnectedGradients"]
-
-# Tapes currently recording, innermost last. Mutated in place only (other modules alias it).
-_ACTIVE: list["GradientTape"] = []
-
-_NO_PARAMS: dict = {}
-
-# name -> Primitive: the closed set of operations that carry a derivative rule.
-PRIMITIVES: dict[str, "Primitive"] = {}
-
-
-class Primitive:
-    """An operation on raw arrays plus its vector-Jacobian product.
-
-    ``fwd(*arrays, **params) -> array``. The rule has one signature::
-
-        vjp(g, ans, xs, shapes, needs, **params) -> tuple of Tensor | None, one per input
-
-    ``g`` is the output's cotangent (a Tensor), ``ans`` the output (if ``save_ans``), ``xs`` the
-    inputs (if ``save_args``), ``shapes`` the input shapes, ``needs[i]`` whether input ``i``
-    leads to a source (a rule may skip the work for the others). A rule may return gradients
-    of a broadcast shape; the sweep reduces them to the input's shape.
-    """
-
-    __slots__ = ("name", "fwd", "vjp", "save_args", "save_ans")
-
-    def __init__(self, name: str, fwd: Callable, *, save_args: bool = False,
-                 save_ans: bool = False):
-        self.name = name
-        self.fwd = fwd
-        self.vjp: Callable | None = None
-        self.save_args = save_args
-        self.save_ans = save_ans
-
-    def defvjp(self, rule: Callable) -> Callable:
-        self.vjp = rule
-        return rule
-
-    def __call__(self, *args: Tensor, **params) -> Tensor:
-        """Apply to Tensors (already converted); record on every tape watching an input."""
-        if params:
-            out = Tensor(self.fwd(*[a._value for a in args], **params))
-        else:
-            out = Tensor(self.fwd(*[a._value for a in args]))
-        if _ACTIVE and out._value.dtype.kind == "f":
-            _record(self, args, out, params)
-        return out
-
-    def call2(self, x: Tensor, y: Tensor) -> Tensor:
-        """``self(x, y)`` for parameterless binary primitives: the hot path of arithmetic."""
-        out = Tensor(self.fwd(x._value, y._value))
-        if _ACTIVE and out._value.dtype.kind == "f":
-            _record2(self, x, y, out)
-        return out
-
-    def __repr__(self) -> str:
-        return f"<Primitive {self.name}>"
-
-
-def primitive(name: str, *, save_args: bool = False, save_ans: bool = False):
-    """Register ``fwd`` as the primitive ``name``; follow it with ``@prim.defvjp``."""
-    def register(fwd: Callable) -> Primitive:
-        if name in PRIMITIVES:
-            raise ValueError(f"primitive {name!r} is already registered")
-        prim = Primitive(name, fwd, save_args=save_args, save_ans=save_ans)
-        PRIMITIVES[name] = prim
-        return prim
-    return register
-
-
-def _auto_watch(tape: "GradientTape", a: Tensor) -> bool:
-    """Watch ``a`` if it is a trainable Variable read on a tape that watches accessed ones."""
-    if tape._watch_accessed and isinstance(a, Variable) and a.trainable:
-        tape._watch_one(a)
-        return a._id in tape._watched
-    return False
-
-
-def _saved(a: Tensor) -> Tensor:
-    return a if type(a) is Tensor or not isinstance(a, Variable) else _snapshot(a)
-
-
-def _record(prim: Primitive, args: tuple, out: Tensor, params: dict) -> None:
-    entry = None
-    for tape in _ACTIVE:
-        watched = tape._watched
-        hit = False
-        for a in args:
-            # (every argument is visited: a Variable read next to a watched tensor is watched)
-            if a._id in watched or (type(a) is not Tensor and _auto_watch(tape, a)):
-                hit = True
-        if not hit:
-            continue
-        if entry is None:
-            saved = tuple([_saved(a) for a in args]) if prim.save_args else None
-            entry = (prim, tuple([a._id for a in args]), tuple([a._value.shape for a in args]),
-                     saved, out._id, out if prim.save_ans else None, params)
-        tape._ops.append(entry)
-        watched.add(out._id)
-
-
-def _record2(prim: Primitive, x: Tensor, y: Tensor, out: Tensor) -> None:
-    """``_record`` unrolled for two arguments and no parameters (arithmetic's hot path)."""
-    xid, yid = x._id, y._id
-    entry = None
-    for tape in _ACTIVE:
-        watched = tape._watched
-        hx = xid in watched or (type(x) is not Tensor and _auto_watch(tape, x))
-        hy = yid in watched or (type(y) is not Tensor and _auto_watch(tape, y))
-        if not (hx or hy):
-            continue
-        if entry is None:
-            saved = (_saved(x), _saved(y)) if prim.save_args else None
-            entry = (prim, (xid, yid), (x._value.shape, y._value.shape), saved, out._id,
-                     out if prim.save_ans else None, _NO_PARAMS)
-        tape._ops.append(entry)
-        watched.add(out._id)
 
 
 class UnconnectedGradients(str, enum.Enum):
@@ -148,31 +35,8 @@ class UnconnectedGradients(str, enum.Enum):
 _MODES = {"none": UnconnectedGradients.NONE, "zero": UnconnectedGradients.ZERO}
 
 
-def stop_gradient(x) -> Tensor:
-    """The same value as a fresh, unrecorded tensor: no gradient flows back through it."""
-    x = convert_to_tensor(x)
-    return Tensor(x._value)
-
-
-_P = None  # tapeflow.primitives, resolved on first use (it imports this module)
-
-
-def _prims():
-    global _P
-    if _P is None:
-        from . import primitives
-        _P = primitives
-    return _P
-
-
-def _ops():
-    from . import ops  # the op library imports this module; resolve it at call time
-    return ops
-
-
 def _unbroadcast(g: Tensor, shape: tuple) -> Tensor:
     """Sum ``g`` over the axes along which an input of ``shape`` was broadcast."""
-    P = _prims()
     gshape = g._value.shape
     lead = len(gshape) - len(shape)
     axes = tuple(range(lead)) + tuple(
@@ -210,7 +74,7 @@ def _sweep(ops_list: list, seeds: dict, source_ids: set, watched: set,
     final_at: dict[int, list] = {}
     for sid, n in first_use.items():
         final_at.setdefault(n, []).append(sid)
-    add = _prims().add_p.call2
+    add = P.add_p.call2
     is_relevant = relevant.__contains__
     grads = {k: v for k, v in seeds.items() if k in relevant}
     n = len(ops_list)
@@ -371,7 +235,7 @@ class GradientTape:
         for s in leaves:
             g = grads.get(s._id)
             if g is None and mode is UnconnectedGradients.ZERO:
-                g = _ops().zeros_like(s)
+                g = ops.zeros_like(s)
             out.append(g)
         return out
 
@@ -410,7 +274,6 @@ class GradientTape:
 
     @staticmethod
     def _seeds(targets, ogs) -> dict:
-        ops = _ops()
         seeds: dict[int, Tensor] = {}
         for t, og in zip(targets, ogs):
             if og is None:
@@ -429,7 +292,6 @@ class GradientTape:
         """d target[i...] / d source[j...], shaped ``target.shape + source.shape`` per source."""
         self._check_alive("jacobian")
         mode = UnconnectedGradients(unconnected_gradients)
-        ops = _ops()
         target = convert_to_tensor(target)
         leaves = self._sources(sources)
         ids = {s._id for s in leaves}
@@ -463,7 +325,6 @@ class GradientTape:
         """
         self._check_alive("batch_jacobian")
         mode = UnconnectedGradients(unconnected_gradients)
-        ops = _ops()
         target = convert_to_tensor(target)
         if target.ndim < 1 or source.ndim < 1 or target.shape[0] != source.shape[0]:
             raise ValueError(f"batch_jacobian needs target and source with the same leading "

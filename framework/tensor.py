@@ -20,6 +20,10 @@ __all__ = ["Tensor", "Variable", "constant", "convert_to_tensor", "as_dtype"]
 # recording keeps no tensor alive that a rule does not need.
 _next_id = itertools.count(1).__next__
 
+# The tracer of the ``tp.function`` being traced, if any (tapeflow.function). It lives here, at
+# the bottom, because Tensor and Variable report to it; mutated in place only.
+_TRACE: list = []
+
 _DTYPE_NAMES = {
     "float16": np.float16, "float32": np.float32, "float64": np.float64,
     "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
