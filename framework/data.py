@@ -34,6 +34,8 @@ __all__ = [
     "DatasetError",
     "Splits",
     "KNOWN_SHA256",
+    "KNOWN_SIZES",
+    "MAX_IDX_BYTES",
     "read_idx",
     "sha256_uncompressed",
     "load_mnist",
@@ -51,6 +53,13 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 _CHUNK = 1 << 16
 _STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
           "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+#: Uncompressed size in bytes of each canonical file (MNIST and Fashion-MNIST alike): a header
+#: declaring anything else is refused before a byte of payload is inflated.
+KNOWN_SIZES: Mapping[str, int] = MappingProxyType(dict(zip(_STEMS, (
+    16 + 60000 * 28 * 28, 8 + 60000, 16 + 10000 * 28 * 28, 8 + 10000))))
+#: The most a user's IDX file may declare (uncompressed) unless ``max_bytes`` says otherwise;
+#: $TAPEFLOW_MAX_IDX_BYTES overrides it. A gzip bomb declaring more is refused at its header.
+MAX_IDX_BYTES = 1 << 30
 
 
 class DatasetError(ValueError):
@@ -138,14 +147,32 @@ def sha256_uncompressed(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def read_idx(path: str | os.PathLike[str], *, sha256: str | None = None) -> np.ndarray:
+def _max_bytes(max_bytes: int | None) -> int:
+    if max_bytes is not None:
+        return int(max_bytes)
+    text = os.environ.get("TAPEFLOW_MAX_IDX_BYTES")
+    try:
+        return int(text) if text else MAX_IDX_BYTES
+    except ValueError:
+        raise DatasetError(f"TAPEFLOW_MAX_IDX_BYTES={text!r} is not a whole number of bytes"
+                           ) from None
+
+
+def read_idx(path: str | os.PathLike[str], *, sha256: str | None = None,
+             size: int | None = None, max_bytes: int | None = None) -> np.ndarray:
     """Read an IDX file (gzipped or raw) into a native-endian array.
 
     The header (``0x0000``, type code, ndim, big-endian uint32 dims) is validated and the
     payload must hold exactly ``prod(dims)`` items. With ``sha256``, the uncompressed content
     must hash to it (computed in the same pass that reads the file).
+
+    Memory is bounded before decompression goes far: the uncompressed size the header declares
+    must equal ``size`` when given (the canonical files' :data:`KNOWN_SIZES`), and may not
+    exceed ``max_bytes`` (default :data:`MAX_IDX_BYTES`, 1 GiB); inflating stops as soon as
+    the data passes the declared size. So a small gzip bomb costs at most that much memory.
     """
     path = Path(path)
+    limit = _max_bytes(max_bytes)
     buf, digest = bytearray(), hashlib.sha256()
     header_len = expected = None
     dims: tuple[int, ...] = ()
@@ -171,6 +198,15 @@ def read_idx(path: str | os.PathLike[str], *, sha256: str | None = None) -> np.n
         if expected is None and header_len is not None and len(buf) >= header_len:
             dims = tuple(int.from_bytes(buf[i:i + 4], "big") for i in range(4, header_len, 4))
             expected = header_len + math.prod(dims) * np.dtype(_IDX_DTYPES[buf[2]]).itemsize
+            if size is not None and expected != size:
+                raise DatasetError(f"{path}: not the canonical file: its IDX header "
+                                   f"declares {expected:,} bytes (dims {dims}), the canonical "
+                                   f"file has {size:,}; the file is damaged, or it is your "
+                                   "own data (then skip verification)")
+            if expected > limit:
+                raise DatasetError(f"{path}: the IDX header declares {expected:,} bytes (dims "
+                                   f"{dims}), more than the {limit:,}-byte limit; raise "
+                                   "max_bytes or $TAPEFLOW_MAX_IDX_BYTES if the file is real")
         if expected is not None and len(buf) > expected:  # stop early: never inflate a bomb
             raise DatasetError(f"{path}: more data than the IDX header declares: expected "
                                f"{expected} bytes, read at least {len(buf)}")
@@ -255,7 +291,8 @@ def _fetch(url: str, dest: Path) -> None:
         bar.close()
 
 
-def _download(name: str, stem: str, sha256: str, mirrors: list[str]) -> tuple[Path, np.ndarray]:
+def _download(name: str, stem: str, sha256: str, mirrors: list[str],
+              size: int | None) -> tuple[Path, np.ndarray]:
     """Fetch ``stem.gz`` into the cache, verify it, and only then give it its final name."""
     cache = _cache_dir(name)
     cache.mkdir(parents=True, exist_ok=True)
@@ -266,7 +303,7 @@ def _download(name: str, stem: str, sha256: str, mirrors: list[str]) -> tuple[Pa
         part.unlink(missing_ok=True)
         try:
             _fetch(url, part)
-            array = read_idx(part, sha256=sha256)
+            array = read_idx(part, sha256=sha256, size=size)
         except (OSError, ValueError) as e:  # requests' errors are OSErrors; ours ValueErrors
             part.unlink(missing_ok=True)
             failures.append(f"{url}: {e}")
@@ -304,11 +341,13 @@ def _load(name: str, data_dir: str | os.PathLike[str] | None, download: bool, ve
     for stem in _STEMS:
         path = found[stem]
         if path is not None:
-            arrays[stem] = read_idx(path, sha256=hashes[stem] if verify else None)
+            arrays[stem] = read_idx(path, sha256=hashes[stem] if verify else None,
+                                    size=KNOWN_SIZES[stem] if verify and files is None else None)
             continue
         try:  # downloads are verified even with verify=False: that flag is for local files
-            found[stem], arrays[stem] = _download(name, stem, hashes[stem],
-                                                  _mirror_list(name, mirrors))
+            found[stem], arrays[stem] = _download(
+                name, stem, hashes[stem], _mirror_list(name, mirrors),
+                KNOWN_SIZES[stem] if files is None else None)
         except DatasetError as e:
             message = _missing_message(spec, name, missing, dirs, mirrors, str(e))
             raise DatasetError(message) from None

@@ -175,6 +175,55 @@ def test_gzip_crc_mismatch(tmp_path):
         data.read_idx(path)
 
 
+def _bomb(path: Path, dims: tuple[int, ...], zeros: int) -> Path:
+    """A gzip file whose IDX header declares ``dims`` and whose payload is ``zeros`` zero
+    bytes compressed ~1000:1 (a decompression bomb when ``zeros`` is large)."""
+    header = bytes([0, 0, 0x08, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    packer = __import__("zlib").compressobj(9, 8, 31)
+    parts = [packer.compress(header)]
+    block = bytes(1 << 20)
+    for _ in range(zeros >> 20):
+        parts.append(packer.compress(block))
+    path.write_bytes(b"".join(parts) + packer.flush())
+    return path
+
+
+def test_gzip_bomb_declaring_6_gib_is_refused_at_its_header(tmp_path):
+    bomb = _bomb(tmp_path / "bomb.gz", (8217411, 28, 28), 64 << 20)  # says 6 GiB, 64 KiB file
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(data.DatasetError, match=r"declares 6,442,450,240 bytes .*limit"):
+        data.read_idx(bomb)
+    with pytest.raises(data.DatasetError, match="truncated: expected 6442450240 bytes, got "
+                                                "67108880"):
+        data.read_idx(bomb, max_bytes=8 << 30)  # allowed: inflates only what is there (64 MiB)
+
+
+def test_max_bytes_from_the_environment(tmp_path, monkeypatch):
+    f = write(tmp_path / "a", idx_bytes(np.zeros((10, 10), np.uint8)), gz=False)
+    monkeypatch.setenv("TAPEFLOW_MAX_IDX_BYTES", "50")
+    with pytest.raises(data.DatasetError, match="declares 112 bytes .* 50-byte limit"):
+        data.read_idx(f)
+    assert data.read_idx(f, max_bytes=112).shape == (10, 10)
+    monkeypatch.setenv("TAPEFLOW_MAX_IDX_BYTES", "lots")
+    with pytest.raises(data.DatasetError, match="TAPEFLOW_MAX_IDX_BYTES='lots'"):
+        data.read_idx(f)
+
+
+def test_canonical_names_are_bounded_by_the_canonical_sizes(tmp_path):
+    """Under a canonical name with verification on, a header declaring another size (say a
+    600 MB bomb, within the general limit) is refused before its payload is inflated."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    _bomb(folder / "train-images-idx3-ubyte.gz", (800_000, 28, 28), 8 << 20)
+    for stem in STEMS[1:]:  # present (never read: the first file already fails)
+        (folder / stem).write_bytes(b"")
+    with pytest.raises(data.DatasetError, match=r"declares 627,200,016 bytes .* canonical "
+                                                r"file has 47,040,016"):
+        data.load_mnist(tmp_path, download=False)
+    assert dict(data.KNOWN_SIZES) == {STEMS[0]: 47_040_016, STEMS[1]: 60_008,
+                                      STEMS[2]: 7_840_016, STEMS[3]: 10_008}
+
+
 def test_wrong_magic_and_type_code(tmp_path):
     path = write(tmp_path / "magic", b"\x01\x00\x08\x01" + b"\x00\x00\x00\x01" + b"\x07", gz=True)
     with pytest.raises(data.DatasetError, match="not an IDX file") as info:
@@ -241,8 +290,9 @@ def test_local_file_with_wrong_hash_and_verify_false(tmp_path):
     # Custom data: the caller explicitly opts out of verification of local files.
     assert_splits_equal(data.load_mnist(tmp_path / "d", download=False, files=bad, verify=False),
                         arrays)
-    # The built-in table is used without files=: these fake files are not MNIST.
-    with pytest.raises(data.DatasetError, match="SHA-256 mismatch"):
+    # The built-in table is used without files=: these fake files are not MNIST (refused by
+    # their canonical size already, before hashing).
+    with pytest.raises(data.DatasetError, match="not the canonical file"):
         data.load_mnist(tmp_path / "d", download=False)
 
 
