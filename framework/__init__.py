@@ -7,20 +7,36 @@
 >>> tape.gradient(loss, w).numpy().ravel().tolist()
 [66.0, 88.0]
 """
-from . import data, nn, random, testing
+from . import data, errors, nn, random, testing
+from .array_ops import *  # noqa: F401,F403
+from .array_ops import __all__ as _array_ops_all
 from .custom import custom_gradient
+from .math_ops import *  # noqa: F401,F403
+from .math_ops import __all__ as _math_ops_all
 from .ops import *  # noqa: F401,F403
 from .ops import __all__ as _ops_all
+from . import linalg, math  # noqa: E402  (after the ops they re-export)
 from .tape import PRIMITIVES, GradientTape, UnconnectedGradients, stop_gradient
-from .tensor import Tensor, Variable, as_dtype, constant, convert_to_tensor
+from .tensor import Tensor, TensorShape, Variable, as_dtype, constant, convert_to_tensor
 
 float16, float32, float64 = "float16", "float32", "float64"
 int32, int64, bool_ = "int32", "int64", "bool"
 
 __version__ = "0.1.0"
 
-__all__ = sorted(set(_ops_all) | {
-    "Tensor", "Variable", "constant", "convert_to_tensor", "as_dtype", "GradientTape",
-    "UnconnectedGradients", "custom_gradient", "stop_gradient", "PRIMITIVES", "data", "nn", "random",
-    "testing", "float16", "float32", "float64", "int32", "int64", "bool_",
+__all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
+    "Tensor", "TensorShape", "Variable", "constant", "convert_to_tensor", "as_dtype",
+    "GradientTape", "UnconnectedGradients", "custom_gradient", "stop_gradient", "PRIMITIVES",
+    "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "float16",
+    "float32", "float64", "int32", "int64", "bool_",
 })
+
+
+def __getattr__(name: str):
+    # tp.keras is the Keras-style facade over every layer (optimizers and the training loop
+    # included), so it is imported on first use: `import tapeflow` stays at the bottom layer.
+    if name == "keras":
+        import importlib
+
+        return importlib.import_module(".keras", __name__)
+    raise AttributeError(f"module 'tapeflow' has no attribute {name!r}")

@@ -13,8 +13,10 @@ import numpy as np
 
 from . import primitives as P
 from ._backend import array_module
-from .recording import stop_gradient
-from .tensor import Tensor, Variable, _to_array, as_dtype, constant, convert_to_tensor
+from .errors import InvalidArgumentError, InvalidArgumentIndexError, InvalidArgumentTypeError
+from .recording import derived, stop_gradient
+from .tensor import (Tensor, Variable, VariableSlice, _to_array, as_dtype, constant,
+                     convert_to_tensor)
 
 __all__ = [
     "add", "subtract", "multiply", "divide", "pow", "negative", "abs", "square", "sqrt", "exp",
@@ -24,7 +26,7 @@ __all__ = [
     "gather", "one_hot", "cast", "ones", "zeros", "ones_like", "zeros_like", "linspace", "range",
     "floor", "round", "sign", "equal", "not_equal", "less", "less_equal", "greater",
     "greater_equal", "argmax", "argmin", "identity", "pad", "floordiv", "mod", "logical_and",
-    "logical_or", "logical_not", "stop_gradient",
+    "logical_or", "logical_not", "stop_gradient", "floormod",
 ]
 
 _SCALARS = (int, float, bool, np.generic)
@@ -45,8 +47,8 @@ def _as_operand(v, other: Tensor, op: str) -> Tensor:
     if arr.dtype != od and arr.dtype.kind == od.kind:
         arr = arr.astype(od)  # a NumPy float64 array next to a float32 tensor: follow the tensor
     if arr.dtype != od:
-        raise TypeError(f"{op}: cannot combine a {od} tensor with a {arr.dtype} value; "
-                        f"cast one side with tp.cast")
+        raise InvalidArgumentTypeError(f"{op}: cannot combine a {od} tensor with a {arr.dtype} "
+                                       f"value; cast one side with tp.cast")
     return Tensor(_like(other._value, arr))
 
 
@@ -54,8 +56,9 @@ def _pair(x, y, op: str) -> tuple[Tensor, Tensor]:
     if isinstance(x, Tensor):
         if isinstance(y, Tensor):
             if x._value.dtype is not y._value.dtype and x._value.dtype != y._value.dtype:
-                raise TypeError(f"{op}: dtype mismatch: x is {x.dtype} with shape {x.shape}, "
-                                f"y is {y.dtype} with shape {y.shape}; cast one with tp.cast")
+                raise InvalidArgumentTypeError(
+                    f"{op}: dtype mismatch: x is {x.dtype} with shape {x.shape}, y is {y.dtype} "
+                    f"with shape {y.shape}; cast one with tp.cast")
             return x, y
         return x, _as_operand(y, x, op)
     if isinstance(y, Tensor):
@@ -67,8 +70,8 @@ def _check_broadcast(x: Tensor, y: Tensor, op: str) -> None:
     try:
         np.broadcast_shapes(x._value.shape, y._value.shape)
     except ValueError:
-        raise ValueError(f"{op}: shapes {x.shape} and {y.shape} are not broadcast-compatible"
-                         ) from None
+        raise InvalidArgumentError(f"{op}: shapes {x.shape} and {y.shape} are not "
+                                   f"broadcast-compatible") from None
 
 
 def _binary(prim, op: str):
@@ -125,8 +128,6 @@ cos = _unary(P.cos_p, "cos")
 tanh = _unary(P.tanh_p, "tanh")
 sigmoid = _unary(P.sigmoid_p, "sigmoid")
 relu = _unary(P.relu_p, "relu", float_only=False)
-floor = _unary(P.floor_p, "floor")
-round = _unary(P.round_p, "round")
 
 
 def identity(x) -> Tensor:
@@ -135,14 +136,14 @@ def identity(x) -> Tensor:
     return add(x, 0) if isinstance(x, Variable) else x
 
 
-def _raw(op_fn):
-    """An op whose result carries no gradient (comparisons, integer arithmetic, sign)."""
+def _raw(op_fn, name: str | None = None):
+    """An op whose result carries no gradient (comparisons, integer arithmetic, rounding)."""
     def fn(x, y=None) -> Tensor:
         if y is None:
-            return Tensor(op_fn(convert_to_tensor(x)._value))
-        x, y = _pair(x, y, op_fn.__name__)
-        return Tensor(op_fn(x._value, y._value))
-    fn.__name__ = fn.__qualname__ = op_fn.__name__
+            return derived(op_fn, convert_to_tensor(x))
+        x, y = _pair(x, y, fn.__name__)
+        return derived(op_fn, x, y)
+    fn.__name__ = fn.__qualname__ = name or op_fn.__name__
     return fn
 
 
@@ -157,20 +158,37 @@ mod = _raw(np.mod)
 logical_and = _raw(np.logical_and)
 logical_or = _raw(np.logical_or)
 logical_not = _raw(np.logical_not)
-sign = _raw(np.sign)  # derivative 0 almost everywhere: returned as an unrecorded value
+floormod = mod
+# Piecewise constant: TensorFlow gives these a None gradient, so they are not recorded (their
+# result is a constant to every tape), unlike sign, whose gradient TensorFlow defines as zeros.
+floor = _raw(np.floor, "floor")
+round = _raw(np.round, "round")  # half to even, like TensorFlow
+sign = _unary(P.sign_p, "sign", float_only=False)
 
 
-def where(condition, x, y) -> Tensor:
-    """Elements of ``x`` where ``condition`` holds, else of ``y`` (all three broadcast)."""
+def _coordinates(c):
+    return array_module(c).argwhere(c).astype(np.int64)
+
+
+def where(condition, x=None, y=None) -> Tensor:
+    """Elements of ``x`` where ``condition`` holds, else of ``y`` (all three broadcast).
+
+    With ``condition`` alone: the int64 coordinates ``(N, rank)`` of its True entries.
+    """
     cond = convert_to_tensor(condition)
     if cond._value.dtype != np.bool_:
         raise TypeError(f"where: condition must be bool, got {cond.dtype}")
+    if x is None and y is None:
+        return derived(_coordinates, cond)
+    if x is None or y is None:
+        raise ValueError("where: give both x and y, or neither (for the coordinates of the "
+                         "True entries)")
     x, y = _pair(x, y, "where")
     try:
         np.broadcast_shapes(cond.shape, x.shape, y.shape)
     except ValueError:
-        raise ValueError(f"where: shapes condition {cond.shape}, x {x.shape}, y {y.shape} are "
-                         "not broadcast-compatible") from None
+        raise InvalidArgumentError(f"where: shapes condition {cond.shape}, x {x.shape}, y "
+                                   f"{y.shape} are not broadcast-compatible") from None
     return P.where_p(cond, x, y)
 
 
@@ -189,8 +207,8 @@ def matmul(a, b, transpose_a: bool = False, transpose_b: bool = False) -> Tensor
     if transpose_b:
         b = P._mT(b)
     if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: inner dimensions differ: a has shape {a.shape}, b has shape "
-                         f"{b.shape} ({a.shape[-1]} != {b.shape[-2]})")
+        raise InvalidArgumentError(f"matmul: inner dimensions differ: a has shape {a.shape}, b "
+                                   f"has shape {b.shape} ({a.shape[-1]} != {b.shape[-2]})")
     return P.matmul_p.call2(a, b)
 
 
@@ -217,7 +235,19 @@ def _reduction(prim, op: str):
     return fn
 
 
-reduce_sum = _reduction(P.reduce_sum_p, "reduce_sum")
+_reduce_sum_float = _reduction(P.reduce_sum_p, "reduce_sum")
+
+
+def reduce_sum(input_tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Sum over ``axis`` (all axes if None). Integer tensors keep their dtype (TensorFlow),
+    where NumPy would widen int32 to int64."""
+    x = convert_to_tensor(input_tensor)
+    if x._value.dtype.kind in "iu":
+        axes = _axes(axis, x.ndim, "reduce_sum")
+        return derived(lambda a: a.sum(axis=axes, keepdims=bool(keepdims), dtype=a.dtype), x)
+    return _reduce_sum_float(x, axis, keepdims)
+
+
 reduce_max = _reduction(P.reduce_max_p, "reduce_max")
 reduce_min = _reduction(P.reduce_min_p, "reduce_min")
 
@@ -252,8 +282,8 @@ def reshape(tensor, shape) -> Tensor:
     size = int(np.prod(known)) if known else 1
     if shape.count(-1) > 1 or (shape.count(-1) == 0 and size != x.size) or \
             (shape.count(-1) == 1 and (size == 0 or x.size % size)):
-        raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} "
-                         f"({x.size} elements) to {shape}")
+        raise InvalidArgumentError(f"reshape: cannot reshape a tensor of shape {x.shape} "
+                                   f"({x.size} elements) to {shape}")
     if -1 in shape:
         shape = tuple(x.size // size if d == -1 else d for d in shape)
     if shape == x.shape:
@@ -325,12 +355,32 @@ def stack(values: Sequence, axis: int = 0) -> Tensor:
     return concat([expand_dims(t, axis) for t in ts], axis=axis)
 
 
-def pad(tensor, paddings, constant_values=0) -> Tensor:
+def pad(tensor, paddings, mode: str = "CONSTANT", constant_values=0) -> Tensor:
+    """Pad each axis by ``paddings[i] = (before, after)``. ``mode``: ``"CONSTANT"`` (with
+    ``constant_values``), ``"REFLECT"`` (mirror without the edge; pads < the axis size) or
+    ``"SYMMETRIC"`` (mirror with the edge; pads <= the axis size), as TensorFlow."""
     x = convert_to_tensor(tensor)
-    paddings = tuple((int(lo), int(hi)) for lo, hi in paddings)
-    if len(paddings) != x.ndim:
-        raise ValueError(f"pad: paddings has {len(paddings)} rows but the tensor has rank {x.ndim}")
-    return P.pad_p(x, paddings=paddings, constant_values=constant_values)
+    paddings = tuple((int(lo), int(hi)) for lo, hi in (
+        paddings.numpy().tolist() if isinstance(paddings, Tensor) else paddings))
+    if len(paddings) != x.ndim or builtins.min((v for p in paddings for v in p), default=0) < 0:
+        raise InvalidArgumentError(f"pad: paddings must hold one non-negative (before, after) "
+                                   f"row per axis; got {paddings} for a tensor of rank {x.ndim}")
+    mode = str(mode).upper()
+    if mode == "CONSTANT":
+        return P.pad_p(x, paddings=paddings, constant_values=constant_values)
+    if mode not in ("REFLECT", "SYMMETRIC"):
+        raise ValueError(f"pad: mode must be 'CONSTANT', 'REFLECT' or 'SYMMETRIC', got {mode!r}")
+    # Mirror padding is a gather along each axis (repeated indices add up in the backward).
+    for ax, (lo, hi) in enumerate(paddings):
+        n = x.shape[ax]
+        limit = n - 1 if mode == "REFLECT" else n
+        if lo > limit or hi > limit:
+            raise InvalidArgumentError(f"pad: {mode} padding {(lo, hi)} of axis {ax} must be at "
+                                       f"most {limit} for size {n} (shape {x.shape})")
+        if lo or hi:
+            index = np.pad(np.arange(n), (lo, hi), mode=mode.lower())
+            x = P.getitem_p(x, index=(slice(None),) * ax + (index,))
+    return x
 
 
 def _index(item) -> tuple:
@@ -350,9 +400,18 @@ def _getitem(self: Tensor, item) -> Tensor:
     try:
         self._value[index]
     except IndexError as e:
-        raise IndexError(f"index {item!r:.80} is invalid for a tensor of shape {self.shape}: {e}"
-                         ) from None
+        raise InvalidArgumentIndexError(f"index {item!r:.80} is invalid for a tensor of shape "
+                                        f"{self.shape}: {e}") from None
     return P.getitem_p(self, index=index)
+
+
+def _variable_getitem(self: Variable, item) -> VariableSlice:
+    """``v[item]``: the recorded slice, which can also be assigned into ``v`` (TensorFlow)."""
+    out = _getitem(self, item)
+    view = VariableSlice.__new__(VariableSlice)
+    view._value, view._id = out._value, out._id  # the same tensor to every tape
+    view._var, view._index = self, _index(item)
+    return view
 
 
 def gather(params, indices, axis: int = 0) -> Tensor:
@@ -364,8 +423,8 @@ def gather(params, indices, axis: int = 0) -> Tensor:
     axis = _axes(axis, x.ndim, "gather")[0]
     n = x.shape[axis]
     if idx.size and (int(idx._value.min()) < -n or int(idx._value.max()) >= n):
-        raise IndexError(f"gather: indices out of range [0, {n}) for axis {axis} of shape "
-                         f"{x.shape}")
+        raise InvalidArgumentIndexError(f"gather: indices out of range [0, {n}) for axis "
+                                        f"{axis} of shape {x.shape}")
     return P.getitem_p(x, index=(slice(None),) * axis + (idx._value,))
 
 
@@ -390,12 +449,21 @@ def cast(x, dtype) -> Tensor:
 
 
 # ---------------------------------------------------------------- creation
+def _shape_arg(shape) -> tuple:
+    """A shape given as an int (TensorFlow accepts ``tp.zeros(2)``), a sequence or a Tensor."""
+    if isinstance(shape, Tensor):
+        shape = shape.numpy().tolist()
+    if isinstance(shape, (int, np.integer)):
+        return (int(shape),)
+    return tuple(int(d) for d in shape)
+
+
 def zeros(shape, dtype="float32") -> Tensor:
-    return Tensor(np.zeros(tuple(shape), dtype=as_dtype(dtype)))
+    return Tensor(np.zeros(_shape_arg(shape), dtype=as_dtype(dtype)))
 
 
 def ones(shape, dtype="float32") -> Tensor:
-    return Tensor(np.ones(tuple(shape), dtype=as_dtype(dtype)))
+    return Tensor(np.ones(_shape_arg(shape), dtype=as_dtype(dtype)))
 
 
 def zeros_like(input, dtype=None) -> Tensor:
@@ -443,6 +511,7 @@ def _install_operators() -> None:
     T.__eq__, T.__ne__ = equal, not_equal
     T.__and__, T.__or__, T.__invert__ = logical_and, logical_or, logical_not
     T.__getitem__ = _getitem
+    Variable.__getitem__ = _variable_getitem
     T.T = property(lambda self: transpose(self))
 
 

@@ -15,7 +15,7 @@ import operator
 import numpy as np
 
 from ._backend import array_module
-from .recording import _ACTIVE, primitive
+from .recording import _ACTIVE, derived, primitive
 from .tensor import Tensor
 
 __all__: list[str] = []  # internal: the public names live in tapeflow.ops
@@ -33,6 +33,11 @@ def _mask(cond, like: Tensor) -> Tensor:
     Kept as bool: ``float * bool`` keeps the float dtype and saves a conversion pass.
     """
     return Tensor(cond)
+
+
+def _positive(a):
+    """The mask ``a > 0`` (a raw-array helper for rules, applied through ``derived``)."""
+    return a > 0
 
 
 # ---------------------------------------------------------------- elementwise, binary
@@ -94,9 +99,9 @@ def _(g, ans, xs, shapes, needs):
     gx = multiply_p(g, multiply_p(y, pow_p(x, subtract_p(y, _c(1, y))))) if needs[0] else None
     gy = None
     if needs[1]:
-        pos = x._value > 0
-        safe_x = where_p(Tensor(pos), x, _c(1, x))
-        gy = multiply_p(g, multiply_p(ans, multiply_p(log_p(safe_x), _mask(pos, x))))
+        pos = derived(_positive, x)
+        safe_x = where_p(pos, x, _c(1, x))
+        gy = multiply_p(g, multiply_p(ans, multiply_p(log_p(safe_x), pos)))
     return gx, gy
 
 
@@ -109,9 +114,8 @@ def maximum_p(x, y):
 def _(g, ans, xs, shapes, needs):
     # Ties send the gradient to x (TensorFlow's convention).
     x, y = xs
-    pick_x = x._value >= y._value
-    return (multiply_p(g, _mask(pick_x, g)) if needs[0] else None,
-            multiply_p(g, _mask(~pick_x, g)) if needs[1] else None)
+    return (multiply_p(g, derived(operator.ge, x, y)) if needs[0] else None,
+            multiply_p(g, derived(operator.lt, x, y)) if needs[1] else None)
 
 
 @primitive("minimum", save_args=True)
@@ -122,9 +126,8 @@ def minimum_p(x, y):
 @minimum_p.defvjp
 def _(g, ans, xs, shapes, needs):
     x, y = xs
-    pick_x = x._value <= y._value
-    return (multiply_p(g, _mask(pick_x, g)) if needs[0] else None,
-            multiply_p(g, _mask(~pick_x, g)) if needs[1] else None)
+    return (multiply_p(g, derived(operator.le, x, y)) if needs[0] else None,
+            multiply_p(g, derived(operator.gt, x, y)) if needs[1] else None)
 
 
 # The arithmetic forwards are the C-level operators (no Python frame per op); the functions
@@ -151,9 +154,20 @@ def abs_p(x):
 
 @abs_p.defvjp
 def _(g, ans, xs, shapes, needs):
-    # sign(x) is piecewise constant: a constant here, so second derivatives are 0 (a.e.).
-    x = xs[0]
-    return (multiply_p(g, Tensor(array_module(x._value).sign(x._value))),)
+    # Through the sign primitive (whose own derivative is zero), so a second derivative is
+    # zeros rather than None, as in TensorFlow.
+    return (multiply_p(g, sign_p(xs[0])),)
+
+
+@primitive("sign")
+def sign_p(x):
+    return array_module(x).sign(x)
+
+
+@sign_p.defvjp
+def _(g, ans, xs, shapes, needs):
+    # Piecewise constant: the derivative is 0 (a.e.), given as zeros, not None (TensorFlow).
+    return (Tensor(array_module(g._value).zeros(shapes[0], dtype=g._value.dtype)),)
 
 
 @primitive("square", save_args=True)
@@ -172,9 +186,16 @@ def sqrt_p(x):
     return array_module(x).sqrt(x)
 
 
+def _is_zero(a):
+    return a == 0
+
+
 @sqrt_p.defvjp
 def _(g, ans, xs, shapes, needs):
-    return (divide_p(g, multiply_p(ans, _c(2, ans))),)
+    # Where the cotangent is 0 the result is 0, even at x = 0 (1/0) or x < 0 (NaN): TensorFlow's
+    # SqrtGrad does the same, so where(x > 0, sqrt(x), 0) has gradient 0 off its branch.
+    zero = derived(_is_zero, g)
+    return (where_p(zero, _c(0, g), divide_p(g, multiply_p(ans, _c(2, ans)))),)
 
 
 @primitive("exp", save_ans=True)
@@ -259,9 +280,10 @@ def relu_p(x):
 
 @relu_p.defvjp
 def _(g, ans, xs, shapes, needs):
-    # NOTE: the mask comes from the output (ans > 0), so relu'(0) = 0 like TensorFlow; written
-    # as maximum(x, 0) the tie rule would send the gradient to x at 0.
-    return (multiply_p.call2(g, _mask(ans._value > 0, g)),)
+    # NOTE: the mask is sign(ans) = (x > 0) from the output, so relu'(0) = 0 like TensorFlow;
+    # written as maximum(x, 0) the tie rule would send the gradient to x at 0. Through the sign
+    # primitive, so the second derivative is zeros (TensorFlow's ReluGradGrad), not None.
+    return (multiply_p.call2(g, sign_p(ans)),)
 
 
 @primitive("cast")
@@ -273,18 +295,6 @@ def cast_p(x, dtype, src):
 def _(g, ans, xs, shapes, needs, dtype, src):
     # Only float->float casts are ever recorded (integer outputs are not differentiable).
     return (cast_p(g, dtype=src, src=dtype),)
-
-
-# Piecewise-constant ops with no derivative rule: differentiating through them is an error
-# (LookupError naming the op), never a silent zero. Wrap in stop_gradient if intended.
-@primitive("floor")
-def floor_p(x):
-    return array_module(x).floor(x)
-
-
-@primitive("round")
-def round_p(x):
-    return array_module(x).round(x)
 
 
 @primitive("where", save_args=True)
@@ -340,13 +350,16 @@ def _(g, ans, xs, shapes, needs, axis, keepdims):
     return (broadcast_to_p(g, shape=shape),)
 
 
+def _extremum_weight(x, ans, axis, kept):
+    hit = x == ans.reshape(kept)
+    return (hit / hit.sum(axis=axis, keepdims=True)).astype(x.dtype)
+
+
 def _extremum_vjp(g, ans, xs, shapes, needs, axis, keepdims):
     # Ties share the gradient equally (TensorFlow's convention for reduce_max/min).
-    x = xs[0]
     kept = _kept_shape(shapes[0], axis)
-    hit = x._value == ans._value.reshape(kept)
-    weight = hit / hit.sum(axis=axis, keepdims=True)
-    return (multiply_p(reshape_p(g, shape=kept), Tensor(weight.astype(x._value.dtype))),)
+    weight = derived(_extremum_weight, xs[0], ans, axis=axis, kept=kept)
+    return (multiply_p(reshape_p(g, shape=kept), weight),)
 
 
 @primitive("reduce_max", save_args=True, save_ans=True)
@@ -462,39 +475,46 @@ def _out_size(n: int, k: int, s: int) -> int:
     return (n - k) // s + 1
 
 
+_NO_DILATION = (1, 1)
+
+
 @primitive("extract_patches")
-def extract_patches_p(x, ksize, strides):
-    """NHWC windows: (N, H, W, C) -> (N, OH, OW, kh, kw, C); ``ksize``/``strides`` = (h, w)."""
-    (kh, kw), (sh, sw) = ksize, strides
+def extract_patches_p(x, ksize, strides, dilations=_NO_DILATION):
+    """NHWC windows: (N, H, W, C) -> (N, OH, OW, kh, kw, C); ``ksize``/``strides``/``dilations``
+    = (h, w). Window element (i, j) sits at offset (i * dh, j * dw) from the window's corner."""
+    (kh, kw), (sh, sw), (dh, dw) = ksize, strides, dilations
     n, h, w, c = x.shape
-    oh, ow = _out_size(h, kh, sh), _out_size(w, kw, sw)
+    oh, ow = _out_size(h, (kh - 1) * dh + 1, sh), _out_size(w, (kw - 1) * dw + 1, sw)
     out = array_module(x).empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            out[:, :, :, i, j, :] = x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            r, q = i * dh, j * dw
+            out[:, :, :, i, j, :] = x[:, r:r + sh * (oh - 1) + 1:sh, q:q + sw * (ow - 1) + 1:sw]
     return out
 
 
 @extract_patches_p.defvjp
-def _(g, ans, xs, shapes, needs, ksize, strides):
-    return (patches_transpose_p(g, shape=shapes[0], ksize=ksize, strides=strides),)
+def _(g, ans, xs, shapes, needs, ksize, strides, dilations=_NO_DILATION):
+    return (patches_transpose_p(g, shape=shapes[0], ksize=ksize, strides=strides,
+                                dilations=dilations),)
 
 
 @primitive("patches_transpose")
-def patches_transpose_p(g, shape, ksize, strides):
+def patches_transpose_p(g, shape, ksize, strides, dilations=_NO_DILATION):
     """Transpose of extract_patches: add every window back onto an image of ``shape``."""
-    (kh, kw), (sh, sw) = ksize, strides
+    (kh, kw), (sh, sw), (dh, dw) = ksize, strides, dilations
     _, oh, ow = g.shape[:3]
     out = array_module(g).zeros(shape, dtype=g.dtype)
     for i in range(kh):
         for j in range(kw):
-            out[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += g[:, :, :, i, j, :]
+            r, q = i * dh, j * dw
+            out[:, r:r + sh * (oh - 1) + 1:sh, q:q + sw * (ow - 1) + 1:sw] += g[:, :, :, i, j, :]
     return out
 
 
 @patches_transpose_p.defvjp
-def _(g, ans, xs, shapes, needs, shape, ksize, strides):
-    return (extract_patches_p(g, ksize=ksize, strides=strides),)
+def _(g, ans, xs, shapes, needs, shape, ksize, strides, dilations=_NO_DILATION):
+    return (extract_patches_p(g, ksize=ksize, strides=strides, dilations=dilations),)
 
 
 # ---------------------------------------------------------------- fused loss
@@ -519,20 +539,36 @@ def sparse_softmax_xent_p(logits, labels):
 @sparse_softmax_xent_p.defvjp
 def _(g, ans, xs, shapes, needs):
     logits, labels = xs
-    lv = logits._value
-    xp = array_module(lv)
-    shift = lv.max(axis=-1, keepdims=True)
+    g = reshape_p(g, shape=g._value.shape + (1,))
     if _ACTIVE:
         # An outer tape is recording: build softmax from primitives so it is differentiated
         # again (Hessians of the loss). The shift is a constant: softmax ignores it.
-        e = exp_p(subtract_p.call2(logits, Tensor(shift)))
-        p = divide_p.call2(e, reduce_sum_p(e, axis=(lv.ndim - 1,), keepdims=True))
-    else:
-        # Nothing records this sweep: the same softmax on raw arrays, without op overhead.
-        e = xp.exp(lv - shift)
-        p = Tensor(e / e.sum(axis=-1, keepdims=True))
+        e = exp_p(subtract_p.call2(logits, derived(_row_max, logits)))
+        p = divide_p.call2(e, reduce_sum_p(e, axis=(logits._value.ndim - 1,), keepdims=True))
+        return multiply_p.call2(g, subtract_p.call2(p, derived(_onehot, logits, labels))), None
+    # Nothing records this sweep: softmax - onehot in one raw-array pass (one derived value,
+    # which a tp.function plan runs as one fused kernel).
+    return multiply_p.call2(g, derived(_softmax_minus_onehot, logits, labels)), None
+
+
+def _row_max(lv):
+    return lv.max(axis=-1, keepdims=True)
+
+
+def _onehot(lv, labels):
+    xp = array_module(lv)
     onehot = xp.zeros(lv.shape, dtype=lv.dtype)
     flat = onehot.reshape(-1, lv.shape[-1])
-    flat[xp.arange(flat.shape[0]), labels._value.reshape(-1)] = 1
-    g = reshape_p(g, shape=g._value.shape + (1,))
-    return multiply_p.call2(g, subtract_p.call2(p, Tensor(onehot))), None
+    flat[xp.arange(flat.shape[0]), labels.reshape(-1)] = 1
+    return onehot
+
+
+def _softmax_minus_onehot(lv, labels, out=None):
+    """``softmax(lv) - onehot(labels)`` along the last axis, into ``out`` if given."""
+    xp = array_module(lv)
+    e = xp.subtract(lv, lv.max(axis=-1, keepdims=True), out=out)
+    xp.exp(e, out=e)
+    e /= e.sum(axis=-1, keepdims=True)
+    flat = e.reshape(-1, lv.shape[-1])
+    flat[xp.arange(flat.shape[0]), labels.reshape(-1)] -= 1
+    return e

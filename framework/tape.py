@@ -190,8 +190,8 @@ class GradientTape:
             self._watch_one(leaf)
 
     def watched_variables(self) -> tuple:
-        """Variables watched so far, in the order they were first watched."""
-        return tuple(self._variables)
+        """Variables watched so far, in the order they were created (TensorFlow's order)."""
+        return tuple(sorted(self._variables, key=lambda v: v._id))
 
     # -- gradients ------------------------------------------------------------------------
     def _check_alive(self, what: str) -> None:
@@ -202,7 +202,11 @@ class GradientTape:
                                "gradient() more than once.")
 
     def _run(self, seeds: dict, source_ids: set, on_final=None) -> dict:
-        """Sweep with this tape paused (its own backward is never recorded on itself)."""
+        """Sweep with this tape paused, unless it is persistent: then, as in TensorFlow, a
+        ``gradient()`` called inside its own ``with`` block is recorded by it, so the result
+        can be differentiated again with the same tape."""
+        if self._persistent:
+            return _sweep(self._ops, seeds, source_ids, self._watched, on_final)
         idx = _ACTIVE.index(self) if self in _ACTIVE else None
         if idx is not None:
             _ACTIVE.pop(idx)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._backend import array_module, device_name, to_numpy
 
-__all__ = ["Tensor", "Variable", "constant", "convert_to_tensor", "as_dtype"]
+__all__ = ["Tensor", "Variable", "TensorShape", "constant", "convert_to_tensor", "as_dtype"]
 
 # Every tensor gets a unique id; the tape keys its record by id, never by the object, so
 # recording keeps no tensor alive that a rule does not need.
@@ -42,6 +42,16 @@ def as_dtype(dtype) -> np.dtype:
     return np.dtype(dtype)
 
 
+def _no_truncation(value: Any, dtype: np.dtype):
+    """Convert ``value`` to the integer ``dtype``, refusing to drop a fractional part (TF)."""
+    xp = array_module(value)
+    src = xp.asarray(value)
+    if src.dtype.kind in "fc" and src.size and not bool(xp.all(src == xp.trunc(src))):
+        raise TypeError(f"cannot convert {value!r:.60} to a tensor of dtype {dtype}: it has a "
+                        f"fractional part (cast explicitly with tp.cast to truncate)")
+    return src.astype(dtype)
+
+
 def _to_array(value: Any, dtype=None):
     """Convert a Python/NumPy/CuPy value to an array following TensorFlow's dtype rules."""
     if isinstance(value, Tensor):
@@ -49,7 +59,10 @@ def _to_array(value: Any, dtype=None):
         return arr if dtype is None or arr.dtype == dtype else arr.astype(as_dtype(dtype))
     xp = array_module(value)
     if dtype is not None:
-        return xp.asarray(value, dtype=as_dtype(dtype))
+        dtype = as_dtype(dtype)
+        if dtype.kind in "iu" and not isinstance(value, (int, np.integer)):
+            return _no_truncation(value, dtype)
+        return xp.asarray(value, dtype=dtype)
     if xp is not np or isinstance(value, (np.ndarray, np.generic)):
         return xp.asarray(value)
     # Python scalars and (nested) lists: floats -> float32, ints -> int32 (TensorFlow).
@@ -62,6 +75,48 @@ def _to_array(value: Any, dtype=None):
         raise TypeError(f"cannot convert {type(value).__name__} {value!r:.80} to a tensor "
                         f"(got NumPy dtype {arr.dtype})")
     return arr
+
+
+class TensorShape(tuple):
+    """A tensor's shape: a plain tuple of ints with TensorFlow's ``TensorShape`` methods.
+
+    >>> TensorShape((2, 3)).as_list(), TensorShape((2, 3)) == [2, 3], TensorShape((2, 3))[1:]
+    ([2, 3], True, (3,))
+    """
+
+    __slots__ = ()
+
+    def as_list(self) -> list:
+        return list(self)
+
+    @property
+    def rank(self) -> int:
+        return len(self)
+
+    ndims = rank
+
+    def num_elements(self) -> int:
+        n = 1
+        for d in self:
+            n *= d
+        return n
+
+    def is_fully_defined(self) -> bool:
+        return True  # eager shapes are always known
+
+    def __getitem__(self, key):
+        out = tuple.__getitem__(self, key)
+        return TensorShape(out) if isinstance(key, slice) else out
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, list):
+            other = tuple(other)
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = tuple.__hash__
 
 
 class Tensor:
@@ -81,8 +136,11 @@ class Tensor:
 
     # -- properties -------------------------------------------------------------------------
     @property
-    def shape(self) -> tuple:
-        return self._value.shape
+    def shape(self) -> TensorShape:
+        return TensorShape(self._value.shape)
+
+    def get_shape(self) -> TensorShape:
+        return TensorShape(self._value.shape)
 
     @property
     def dtype(self) -> np.dtype:
@@ -102,6 +160,8 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """The value as a NumPy array (a host copy for GPU tensors). Not traced by any tape."""
+        if _TRACE:
+            _TRACE[-1].concrete(self, "numpy()")
         return to_numpy(self._value)
 
     def ref(self) -> "Tensor":
@@ -115,20 +175,30 @@ class Tensor:
         return self._value.shape[0]
 
     def __float__(self) -> float:
+        if _TRACE:
+            _TRACE[-1].concrete(self, "float()")
         return float(self._value)
 
     def __int__(self) -> int:
+        if _TRACE:
+            _TRACE[-1].concrete(self, "int()")
         return int(self._value)
 
     def __bool__(self) -> bool:
+        if _TRACE:
+            _TRACE[-1].concrete(self, "using the truth value (if/while/and/or)")
         return bool(self._value)
 
     def __index__(self) -> int:
+        if _TRACE:
+            _TRACE[-1].concrete(self, "using as an index")
         if self._value.dtype.kind not in "iu":
             raise TypeError(f"only integer tensors can be used as an index, not {self.dtype}")
         return int(self._value)
 
     def __array__(self, dtype=None, copy=None):
+        if _TRACE:
+            _TRACE[-1].concrete(self, "conversion to a NumPy array")
         arr = to_numpy(self._value)
         return arr if dtype is None else arr.astype(dtype)
 
@@ -164,17 +234,29 @@ class Variable(Tensor):
         super().__init__(value.copy())
         self.trainable = bool(trainable)
         self._name = name if name is not None else f"Variable_{next(Variable._counter)}"
+        if _TRACE:
+            _TRACE[-1].on_variable(self)
 
     @property
     def name(self) -> str:
         return self._name
 
-    @property
     def value(self) -> Tensor:
-        """The current value as an immutable Tensor (a snapshot with this Variable's identity)."""
-        return _snapshot(self)
+        """The current value as an immutable Tensor (a snapshot with this Variable's identity).
+
+        Like TensorFlow's, it is a read of the variable: a tape recording now watches a
+        trainable variable read this way, so gradients flow to it.
+        """
+        return self.read_value()
 
     def read_value(self) -> Tensor:
+        """The current value as an immutable Tensor; watched by the recording tapes."""
+        from .recording import _ACTIVE  # (the recording layer sits on top of this module)
+
+        if _ACTIVE and self.trainable:
+            for tape in _ACTIVE:
+                if tape._watch_accessed:
+                    tape._watch_one(self)
         return _snapshot(self)
 
     def _checked(self, value, what: str):
@@ -186,16 +268,22 @@ class Variable(Tensor):
 
     def assign(self, value) -> "Variable":
         """Replace the value (same shape; cast to the variable's dtype)."""
+        if _TRACE:
+            return _TRACE[-1].on_assign(self, value, "assign")
         arr = self._checked(value, "assign")
         # Rebind rather than write in place: a tape that saved the old value keeps it.
         self._value = arr.copy() if arr is getattr(value, "_value", value) else arr
         return self
 
     def assign_add(self, delta) -> "Variable":
+        if _TRACE:
+            return _TRACE[-1].on_assign(self, delta, "assign_add")
         self._add_(self._checked(delta, "assign_add"))
         return self
 
     def assign_sub(self, delta) -> "Variable":
+        if _TRACE:
+            return _TRACE[-1].on_assign(self, delta, "assign_sub")
         self._subtract_(self._checked(delta, "assign_sub"))
         return self
 
@@ -221,6 +309,41 @@ class Variable(Tensor):
                 f"trainable={self.trainable}, numpy={_format(self._value)}>")
 
     __str__ = __repr__
+
+
+class VariableSlice(Tensor):
+    """``v[index]``: the sliced value (a Tensor, recorded like any indexing) that can also be
+    assigned into the variable, TensorFlow style: ``v[0].assign(1.0)``, ``v[1:3].assign_add(x)``.
+    Assignments are not recorded (as in TensorFlow) and rebind the variable's buffer, so values
+    a tape saved earlier keep what they were."""
+
+    __slots__ = ("_var", "_index")
+
+    def _update(self, value, how: str) -> "Variable":
+        v = self._var
+        arr = _to_array(value, v._value.dtype)
+        new = v._value.copy()
+        try:
+            if how == "assign":
+                new[self._index] = arr
+            elif how == "assign_add":
+                new[self._index] += arr
+            else:
+                new[self._index] -= arr
+        except ValueError as e:
+            raise ValueError(f"Variable {v.name!r}[...].{how}: value of shape {arr.shape} does "
+                             f"not fit the slice of shape {self._value.shape}: {e}") from None
+        v._value = new
+        return v
+
+    def assign(self, value) -> "Variable":
+        return self._update(value, "assign")
+
+    def assign_add(self, delta) -> "Variable":
+        return self._update(delta, "assign_add")
+
+    def assign_sub(self, delta) -> "Variable":
+        return self._update(delta, "assign_sub")
 
 
 def _format(value) -> str:

@@ -13,22 +13,25 @@ from __future__ import annotations
 from typing import Any
 
 from . import rules, schedules
-from .algorithms import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Nadam, RMSprop
+from .algorithms import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, Nadam, RMSprop
 from .base import Optimizer
 from .clip import clip_by_global_norm, clip_by_norm, clip_by_value, global_norm
-from .schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule, LinearWarmup,
-                        PiecewiseConstantDecay)
+from .schedules import (CosineDecay, CosineDecayRestarts, ExponentialDecay,
+                        InverseTimeDecay, LearningRateSchedule, LinearWarmup,
+                        PiecewiseConstantDecay, PolynomialDecay)
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam",
+    "Lion",
     "clip_by_norm", "clip_by_global_norm", "clip_by_value", "global_norm",
     "LearningRateSchedule", "ExponentialDecay", "PiecewiseConstantDecay", "CosineDecay",
-    "LinearWarmup", "get", "NAMES", "rules", "schedules",
+    "LinearWarmup", "PolynomialDecay", "InverseTimeDecay", "CosineDecayRestarts", "get",
+    "NAMES", "rules", "schedules",
 ]
 
 _BY_NAME: dict[str, type[Optimizer]] = {
     "sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad,
-    "adadelta": Adadelta, "adamax": Adamax, "nadam": Nadam,
+    "adadelta": Adadelta, "adamax": Adamax, "nadam": Nadam, "lion": Lion,
 }
 #: the names :func:`get` accepts (for command-line choices)
 NAMES: tuple[str, ...] = tuple(_BY_NAME)

@@ -22,7 +22,7 @@ from . import rules
 from .base import Optimizer
 from .schedules import LearningRate
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "Lion"]
 
 
 @dataclass(eq=False)
@@ -124,3 +124,20 @@ class Nadam(Optimizer):
     beta_2: float = 0.999
     epsilon: float = 1e-7
     rule_factory = staticmethod(rules.nadam)
+
+
+@dataclass(eq=False)
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023), Keras: ``p <- p - lr * sign(beta_1 m + (1 - beta_1) g)``, then
+    ``m <- beta_2 m + (1 - beta_2) g``. Sign updates have a large norm: use a learning rate
+    3-10x smaller than AdamW's (Keras's advice)."""
+
+    learning_rate: LearningRate = 0.001
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    rule_factory = staticmethod(rules.lion)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.beta_1 <= 1.0:
+            raise ValueError(f"Lion: beta_1 must be in (0, 1], got {self.beta_1}")
+        super().__post_init__()

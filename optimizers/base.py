@@ -13,8 +13,8 @@ factory. Options every optimizer has (``weight_decay``, ``clipnorm``, ``clipvalu
         rule_factory = staticmethod(rules.adam)
 
 One step of :meth:`Optimizer.apply_gradients`, in Keras 3 order: drop ``None`` gradients;
-cast each gradient to its variable's dtype; clip (``clipnorm`` per gradient, or
-``global_clipnorm`` over all of them; then ``clipvalue``); decoupled weight decay
+cast each gradient to its variable's dtype; clip (``clipnorm`` per gradient, ``global_clipnorm``
+over all of them, or ``clipvalue`` elementwise: at most one is set); decoupled weight decay
 ``p <- p - p * wd * lr``; the rule's update ``p <- p - update``; ``iterations += 1``.
 The learning rate of a step is ``learning_rate(iterations)`` for a schedule (0 on the first
 step), as in Keras.
@@ -28,6 +28,8 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
+
+from tapeflow.trace import replayed
 
 from . import clip, rules, schedules
 from .rules import Rule, State, xp_of
@@ -57,8 +59,8 @@ class Optimizer:
             ``p <- p - p * weight_decay * lr`` (``None`` or 0 disables it).
         clipnorm: clip each gradient to this L2 norm (:func:`clip.clip_by_norm`).
         clipvalue: clip each gradient elementwise to ``[-clipvalue, clipvalue]``.
-        global_clipnorm: clip all gradients together by their global norm; exclusive with
-            ``clipnorm``.
+        global_clipnorm: clip all gradients together by their global norm. At most one of
+            ``clipnorm``, ``clipvalue`` and ``global_clipnorm`` may be set (Keras 3).
         name: optional name (default: the class name).
     """
 
@@ -74,10 +76,12 @@ class Optimizer:
     rule_factory: ClassVar[Callable[..., Rule]]
 
     def __post_init__(self) -> None:
-        if self.clipnorm is not None and self.global_clipnorm is not None:
+        clips = {k: getattr(self, k) for k in ("clipnorm", "clipvalue", "global_clipnorm")
+                 if getattr(self, k) is not None}
+        if len(clips) > 1:  # Keras 3 refuses any two of them together
             raise ValueError(
-                f"{type(self).__name__}: set at most one of clipnorm and global_clipnorm; got "
-                f"clipnorm={self.clipnorm}, global_clipnorm={self.global_clipnorm}")
+                f"{type(self).__name__}: only one of clipnorm, clipvalue and global_clipnorm "
+                f"can be set; got " + ", ".join(f"{k}={v}" for k, v in clips.items()))
         for opt in ("clipnorm", "clipvalue", "global_clipnorm"):
             value = getattr(self, opt)
             if value is not None and not value > 0:
@@ -194,10 +198,11 @@ class Optimizer:
             grads = [clip.clip_by_norm(g, self.clipnorm) for g in grads]
         elif self.global_clipnorm is not None:
             grads, _ = clip.clip_by_global_norm(grads, self.global_clipnorm)
-        if self.clipvalue is not None:
+        elif self.clipvalue is not None:
             grads = [clip.clip_by_value(g, -self.clipvalue, self.clipvalue) for g in grads]
         return grads
 
+    @replayed  # inside tp.function: recorded at trace time, run on every replay
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> int:
         """Apply one step to every ``(gradient, variable)`` pair; ``None`` gradients are
         skipped. Returns ``iterations`` after the step. An empty list is a no-op; a list whose

@@ -1,7 +1,10 @@
-"""Gradient clipping (TensorFlow semantics). Arrays in give arrays out; tapeflow Tensors (or
-Variables) in give ``tapeflow.Tensor`` out. ``None`` entries pass through as ``None``.
+"""Gradient clipping (TensorFlow semantics).
 
-The result keeps the input's dtype and device (NumPy or CuPy); no host synchronisation.
+Tapeflow Tensors (or Variables) in: the clipping is built from tapeflow ops, so it is
+differentiable and recorded by any tape that watches its input, as TensorFlow's is; the results
+are Tensors and :func:`global_norm` returns a Tensor. Raw arrays in (the optimizer's own fast
+path): arrays out, with no tape involved. ``None`` entries pass through as ``None``. The result
+keeps the input's dtype and device (NumPy or CuPy); no host synchronisation.
 
 Example:
     >>> import numpy as np
@@ -21,21 +24,19 @@ from .rules import xp_of
 __all__ = ["clip_by_norm", "clip_by_global_norm", "clip_by_value", "global_norm"]
 
 
-def _unwrap(t: Any) -> tuple[Any, bool]:
-    """(raw array, whether ``t`` was a tapeflow Tensor/Variable)."""
-    if hasattr(t, "_value") and not isinstance(t, np.ndarray):
-        return t._value, True
-    if not hasattr(t, "dtype"):  # Python scalars and lists
-        return np.asarray(t), False
-    return t, False
+def _tp():
+    import tapeflow  # lazily: keeps `import tapeflow.optimizers` free of import cycles
+
+    return tapeflow
 
 
-def _wrap(array: Any, as_tensor: bool) -> Any:
-    if not as_tensor:
-        return array
-    import tapeflow  # lazily: tapeflow may import this package while initialising
+def _is_tensor(t: Any) -> bool:
+    return hasattr(t, "_value") and not isinstance(t, np.ndarray)
 
-    return tapeflow.constant(array)
+
+def _unwrap(t: Any) -> Any:
+    """The raw array of an array-like (Python scalars and lists become NumPy arrays)."""
+    return np.asarray(t) if not hasattr(t, "dtype") else t
 
 
 def _sum_sq(a: Any) -> Any:
@@ -44,22 +45,43 @@ def _sum_sq(a: Any) -> Any:
     return xp_of(a).sum(xp_of(a).square(a, dtype=acc))
 
 
-def clip_by_norm(t: Any, clip_norm: float) -> Any:
-    """``t * clip_norm / max(||t||_2, clip_norm)``: rescale ``t`` so its L2 norm is at most
-    ``clip_norm`` (unchanged when already smaller; a zero tensor stays zero)."""
-    if clip_norm <= 0:
-        raise ValueError(f"clip_by_norm: clip_norm must be > 0, got {clip_norm}")
-    a, as_tensor = _unwrap(t)
+def _check_positive(clip_norm: Any, fn: str) -> None:
+    if not float(clip_norm) > 0:
+        raise ValueError(f"{fn}: clip_norm must be > 0, got {clip_norm}")
+
+
+def _tensor_l2norm(tp: Any, t: Any, axes: Any = None) -> Any:
+    """TensorFlow's safe norm: sqrt is only taken where the sum of squares is positive, so a
+    zero tensor has a zero (not NaN) gradient."""
+    l2sum = tp.reduce_sum(tp.square(t), axis=axes, keepdims=True)
+    positive = tp.greater(l2sum, 0)
+    safe = tp.where(positive, l2sum, tp.ones_like(l2sum))
+    return tp.where(positive, tp.sqrt(safe), l2sum)
+
+
+def clip_by_norm(t: Any, clip_norm: float, axes: Any = None) -> Any:
+    """``t * clip_norm / max(||t||_2, clip_norm)``: rescale ``t`` so its L2 norm (over ``axes``,
+    default all) is at most ``clip_norm`` (unchanged when already smaller; zero stays zero).
+    Differentiable for Tensors, through the norm too (TensorFlow's ``tf.clip_by_norm``)."""
+    _check_positive(clip_norm, "clip_by_norm")
+    if _is_tensor(t):
+        tp = _tp()
+        t = tp.convert_to_tensor(t)
+        norm = _tensor_l2norm(tp, t, axes)
+        return tp.divide(tp.multiply(t, clip_norm), tp.maximum(norm, clip_norm))
+    a = _unwrap(t)
     xp = xp_of(a)
-    norm = xp.sqrt(_sum_sq(a))
+    if axes is None:
+        norm = xp.sqrt(_sum_sq(a))
+    else:
+        norm = xp.sqrt(xp.sum(xp.square(a, dtype=np.promote_types(a.dtype, np.float32)),
+                              axis=axes, keepdims=True))
     c = norm.dtype.type(clip_norm)
     scale = (c / xp.maximum(norm, c)).astype(a.dtype)
-    return _wrap(a * scale, as_tensor)
+    return a * scale
 
 
-def global_norm(t_list: Sequence[Any]) -> Any:
-    """``sqrt(sum of squares of every entry)``, ignoring ``None``; a 0-d array."""
-    arrays = [_unwrap(t)[0] for t in t_list if t is not None]
+def _array_global_norm(arrays: list) -> Any:
     if not arrays:
         return np.zeros((), np.float32)
     total = _sum_sq(arrays[0])
@@ -68,39 +90,72 @@ def global_norm(t_list: Sequence[Any]) -> Any:
     return xp_of(total).sqrt(total)
 
 
+def global_norm(t_list: Sequence[Any]) -> Any:
+    """``sqrt(sum of squares of every entry)``, ignoring ``None``, as a scalar Tensor (like
+    ``tf.linalg.global_norm``); differentiable when the entries are Tensors."""
+    tp = _tp()
+    live = [t for t in t_list if t is not None]
+    if not live or not all(_is_tensor(t) for t in live):
+        return tp.constant(_array_global_norm([_unwrap(getattr(t, "_value", t)) for t in live]))
+    return _tensor_global_norm(tp, live)
+
+
+def _tensor_global_norm(tp: Any, live: list) -> Any:
+    dtype = live[0].dtype
+    total = None
+    for t in live:
+        sq = tp.reduce_sum(tp.square(tp.cast(t, dtype)))
+        total = sq if total is None else tp.add(total, sq)
+    return tp.sqrt(total)
+
+
 def clip_by_global_norm(t_list: Sequence[Any], clip_norm: float) -> tuple[list[Any], Any]:
     """Scale every entry by ``clip_norm / max(global_norm, clip_norm)``.
 
     Returns ``(clipped_list, global_norm)`` where ``global_norm`` is the norm *before*
-    clipping (a 0-d array, or a Tensor when the inputs were Tensors). ``None`` entries stay
-    ``None``. A non-finite global norm gives non-finite gradients, as in TensorFlow.
+    clipping: a Tensor when the inputs are Tensors (and then everything is differentiable,
+    as in TensorFlow), a 0-d array for raw arrays. ``None`` entries stay ``None``. A
+    non-finite global norm gives non-finite gradients, as in TensorFlow.
     """
-    if clip_norm <= 0:
-        raise ValueError(f"clip_by_global_norm: clip_norm must be > 0, got {clip_norm}")
+    _check_positive(clip_norm, "clip_by_global_norm")
     t_list = list(t_list)
-    norm = global_norm(t_list)
+    live = [t for t in t_list if t is not None]
+    if live and all(_is_tensor(t) for t in live):
+        tp = _tp()
+        live = [tp.convert_to_tensor(t) for t in live]
+        norm = _tensor_global_norm(tp, live)
+        scale = tp.divide(clip_norm, tp.maximum(norm, clip_norm))
+        it = iter(live)
+        clipped = [None if t is None else tp.multiply(next(it), tp.cast(scale, t.dtype))
+                   for t in t_list]
+        return clipped, norm
+    norm = _array_global_norm([_unwrap(getattr(t, "_value", t)) for t in live])
     xp = xp_of(norm)
     scale = norm.dtype.type(clip_norm) / xp.maximum(norm, norm.dtype.type(clip_norm))
     clipped: list[Any] = []
-    any_tensor = False
     for t in t_list:
         if t is None:
             clipped.append(None)
             continue
-        a, as_tensor = _unwrap(t)
-        any_tensor |= as_tensor
-        clipped.append(_wrap(a * scale.astype(a.dtype), as_tensor))
-    return clipped, _wrap(norm, any_tensor)
+        if _is_tensor(t):  # a mix of Tensors and arrays: clip the Tensor's value, keep the type
+            clipped.append(_tp().constant(t._value * scale.astype(t._value.dtype)))
+            continue
+        a = _unwrap(t)
+        clipped.append(a * scale.astype(a.dtype))
+    return clipped, norm
 
 
 def clip_by_value(t: Any, clip_value_min: Any, clip_value_max: Any) -> Any:
-    """Elementwise ``min(max(t, clip_value_min), clip_value_max)``, in ``t``'s dtype."""
-    a, as_tensor = _unwrap(t)
-    xp = xp_of(a)
+    """Elementwise ``min(max(t, clip_value_min), clip_value_max)``, in ``t``'s dtype.
+    Differentiable for Tensors (the gradient passes where ``t`` was inside the range)."""
     scalars = all(isinstance(c, (int, float)) for c in (clip_value_min, clip_value_max))
     if scalars and clip_value_min > clip_value_max:
         raise ValueError(f"clip_by_value: clip_value_min ({clip_value_min}) is greater than "
                          f"clip_value_max ({clip_value_max})")
+    if _is_tensor(t):
+        return _tp().clip_by_value(t, clip_value_min, clip_value_max)
+    a = _unwrap(t)
+    xp = xp_of(a)
     lo = xp.asarray(clip_value_min, dtype=a.dtype)
     hi = xp.asarray(clip_value_max, dtype=a.dtype)
-    return _wrap(xp.clip(a, lo, hi), as_tensor)
+    return xp.clip(a, lo, hi)

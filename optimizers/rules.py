@@ -37,7 +37,7 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 State = dict[str, Array]
 
 __all__ = [
-    "Rule", "sgd", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam",
+    "Rule", "sgd", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "lion",
     "decoupled_weight_decay", "xp_of",
 ]
 
@@ -307,5 +307,31 @@ def nadam(beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7) -> 
         m_hat *= _c(lr, param)
         m_hat /= denom
         return m_hat, {"momentum": m, "velocity": v, "u_product": np.asarray(prod, np.float64)}
+
+    return Rule(init, update)
+
+
+def lion(beta_1: float = 0.9, beta_2: float = 0.99) -> Rule:
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), Keras::
+
+        p <- p - lr * sign(beta_1 * m + (1 - beta_1) * g)
+        m <- beta_2 * m + (1 - beta_2) * g
+
+    The update's direction interpolates with ``beta_1``; the carried momentum uses ``beta_2``.
+    """
+
+    def init(param: Array) -> State:
+        return {"momentum": xp_of(param).zeros_like(param)}
+
+    def update(grad, state, param, lr, step):
+        xp = xp_of(param)
+        m = state["momentum"]
+        upd = m * _c(beta_1, param)
+        upd += grad * _c(1.0 - beta_1, param)
+        xp.sign(upd, out=upd)
+        upd *= _c(lr, param)
+        m *= _c(beta_2, param)
+        m += grad * _c(1.0 - beta_2, param)
+        return upd, {"momentum": m}
 
     return Rule(init, update)

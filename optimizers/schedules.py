@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence, Union
 
 __all__ = [
     "LearningRateSchedule", "ExponentialDecay", "PiecewiseConstantDecay", "CosineDecay",
-    "LinearWarmup", "serialize", "deserialize",
+    "LinearWarmup", "PolynomialDecay", "InverseTimeDecay", "CosineDecayRestarts", "serialize",
+    "deserialize",
 ]
 
 
@@ -178,8 +179,108 @@ class LinearWarmup(LearningRateSchedule):
         return cls(**config)
 
 
+class PolynomialDecay(LearningRateSchedule):
+    """Polynomial decay from ``initial_learning_rate`` to ``end_learning_rate`` (Keras)::
+
+        step' = min(step, decay_steps)                       (cycle=False)
+        decay_steps' = decay_steps * ceil(step / decay_steps)  (cycle=True; 1 period at step 0)
+        lr = (initial - end) * (1 - step' / decay_steps') ** power + end
+    """
+
+    def __init__(self, initial_learning_rate: float, decay_steps: int,
+                 end_learning_rate: float = 0.0001, power: float = 1.0,
+                 cycle: bool = False) -> None:
+        if decay_steps <= 0:
+            raise ValueError(f"PolynomialDecay: decay_steps must be > 0, got {decay_steps}")
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_steps = decay_steps
+        self.end_learning_rate = float(end_learning_rate)
+        self.power = float(power)
+        self.cycle = bool(cycle)
+
+    def __call__(self, step: int) -> float:
+        steps = self.decay_steps
+        if self.cycle:
+            steps = steps * max(math.ceil(step / steps), 1)
+        else:
+            step = min(step, steps)
+        frac = 1.0 - step / steps
+        return ((self.initial_learning_rate - self.end_learning_rate) * frac**self.power
+                + self.end_learning_rate)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"initial_learning_rate": self.initial_learning_rate,
+                "decay_steps": self.decay_steps, "end_learning_rate": self.end_learning_rate,
+                "power": self.power, "cycle": self.cycle}
+
+
+class InverseTimeDecay(LearningRateSchedule):
+    """``lr = initial_learning_rate / (1 + decay_rate * step / decay_steps)`` (Keras); with
+    ``staircase=True`` the ratio ``step / decay_steps`` is floored."""
+
+    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float,
+                 staircase: bool = False) -> None:
+        if decay_steps <= 0:
+            raise ValueError(f"InverseTimeDecay: decay_steps must be > 0, got {decay_steps}")
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_steps = decay_steps
+        self.decay_rate = float(decay_rate)
+        self.staircase = bool(staircase)
+
+    def __call__(self, step: int) -> float:
+        p = step / self.decay_steps
+        if self.staircase:
+            p = math.floor(p)
+        return self.initial_learning_rate / (1.0 + self.decay_rate * p)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"initial_learning_rate": self.initial_learning_rate,
+                "decay_steps": self.decay_steps, "decay_rate": self.decay_rate,
+                "staircase": self.staircase}
+
+
+class CosineDecayRestarts(LearningRateSchedule):
+    """Cosine decay with warm restarts (SGDR, Loshchilov & Hutter), Keras semantics.
+
+    The first period lasts ``first_decay_steps``; each next one ``t_mul`` times longer and
+    starting ``m_mul`` times lower. Within a period at fraction ``f``:
+    ``lr = initial * ((1 - alpha) * 0.5 * m_mul**i * (1 + cos(pi * f)) + alpha)``.
+    """
+
+    def __init__(self, initial_learning_rate: float, first_decay_steps: int,
+                 t_mul: float = 2.0, m_mul: float = 1.0, alpha: float = 0.0) -> None:
+        if first_decay_steps <= 0:
+            raise ValueError(f"CosineDecayRestarts: first_decay_steps must be > 0, got "
+                             f"{first_decay_steps}")
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.first_decay_steps = first_decay_steps
+        self.t_mul = float(t_mul)
+        self.m_mul = float(m_mul)
+        self.alpha = float(alpha)
+
+    def _period(self, fraction: float) -> tuple[int, float]:
+        """(restart index, fraction of the way through that period)."""
+        if self.t_mul == 1.0:
+            i = math.floor(fraction)
+            return i, fraction - i
+        i = math.floor(math.log(1.0 - fraction * (1.0 - self.t_mul)) / math.log(self.t_mul))
+        done = (1.0 - self.t_mul**i) / (1.0 - self.t_mul)  # periods before i, in first periods
+        return i, (fraction - done) / self.t_mul**i
+
+    def __call__(self, step: int) -> float:
+        i, frac = self._period(step / self.first_decay_steps)
+        cosine = 0.5 * self.m_mul**i * (1.0 + math.cos(math.pi * frac))
+        return self.initial_learning_rate * ((1.0 - self.alpha) * cosine + self.alpha)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"initial_learning_rate": self.initial_learning_rate,
+                "first_decay_steps": self.first_decay_steps, "t_mul": self.t_mul,
+                "m_mul": self.m_mul, "alpha": self.alpha}
+
+
 _REGISTRY = {c.__name__: c for c in
-             (ExponentialDecay, PiecewiseConstantDecay, CosineDecay, LinearWarmup)}
+             (ExponentialDecay, PiecewiseConstantDecay, CosineDecay, LinearWarmup, PolynomialDecay,
+              InverseTimeDecay, CosineDecayRestarts)}
 
 
 def serialize(schedule: LearningRateSchedule) -> dict[str, Any]:

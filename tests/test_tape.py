@@ -321,12 +321,24 @@ def test_stop_gradient_blocks():
     assert float(z) == 6.0
 
 
-@pytest.mark.parametrize("op", ["floor", "round"])
-def test_op_without_derivative_rule_raises_lookup_error(op):
+@pytest.mark.parametrize("op", ["floor", "round", "ceil"])
+def test_piecewise_constant_ops_have_no_gradient(op):
+    # TensorFlow: floor/round/ceil give a None gradient (not an error): their result is a
+    # constant to the tape.
+    x = tp.Variable([0.4, 1.6])
+    with tp.GradientTape(persistent=True) as tape:
+        r = getattr(tp, op)(x)
+        y = r * x
+    assert tape.gradient(r, x) is None
+    close(tape.gradient(y, x), getattr(np, op)([0.4, 1.6]))
+
+
+def test_primitive_without_rule_raises_lookup_error():
+    prim = tp.recording.Primitive("no_rule_here", lambda a: a * 2)
     x = tp.Variable([0.4, 1.6])
     with tp.GradientTape() as tape:
-        y = getattr(tp, op)(x) * x
-    with pytest.raises(LookupError, match=op):
+        y = prim(x) * x
+    with pytest.raises(LookupError, match="no_rule_here"):
         tape.gradient(y, x)
 
 

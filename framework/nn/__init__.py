@@ -1,7 +1,11 @@
 """``tp.nn``: neural-network functions (and, with the training stack, layers and modules)."""
 from . import init, losses
+from .activations import *  # noqa: F401,F403
+from .activations import __all__ as _activations_all
 from .functional import *  # noqa: F401,F403
 from .functional import __all__ as _functional_all
+from .normalization import *  # noqa: F401,F403
+from .normalization import __all__ as _normalization_all
 from .layers import *  # noqa: F401,F403
 from .layers import __all__ as _layers_all
 from .losses import *  # noqa: F401,F403
@@ -9,5 +13,5 @@ from .losses import __all__ as _losses_all
 from .modules import *  # noqa: F401,F403
 from .modules import __all__ as _modules_all
 
-__all__ = list(_functional_all) + list(_modules_all) + list(_layers_all) + list(_losses_all) \
-    + ["init", "losses"]
+__all__ = list(_functional_all) + list(_activations_all) + list(_normalization_all) \
+    + list(_modules_all) + list(_layers_all) + list(_losses_all) + ["init", "losses"]

@@ -1,7 +1,8 @@
 """Neural-network functions (``tp.nn.relu``, ``tp.nn.conv2d``, ...), composed from primitives.
 
-Only ``relu`` and the sparse softmax cross-entropy are primitives of their own (for speed and
-numerical stability); everything else here carries no derivative rule.
+Only ``relu``, ``softplus``, the window maximum of pooling and the sparse softmax cross-entropy
+are primitives of their own (for speed, numerical stability or TensorFlow's tie rule);
+everything else here carries no derivative rule. Activations live in :mod:`activations`.
 """
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import numpy as np
 
 from .. import ops
 from .. import primitives as P
+from .. import primitives_ext as PX
+from ..errors import InvalidArgumentError
 from ..tensor import Tensor, convert_to_tensor
 
 __all__ = ["relu", "sigmoid", "softmax", "log_softmax", "sparse_softmax_cross_entropy_with_logits",
-           "softmax_cross_entropy_with_logits", "conv2d", "max_pool2d", "dropout"]
+           "softmax_cross_entropy_with_logits", "sigmoid_cross_entropy_with_logits", "conv2d",
+           "max_pool2d", "avg_pool2d", "dropout", "bias_add", "embedding_lookup"]
 
 relu = ops.relu
 sigmoid = ops.sigmoid
@@ -50,7 +54,7 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits) -> Tensor:
     lv = labels._value
     n_classes = logits.shape[-1]
     if lv.size and (int(lv.min()) < 0 or int(lv.max()) >= n_classes):
-        raise ValueError(f"sparse_softmax_cross_entropy_with_logits: labels must lie in "
+        raise InvalidArgumentError(f"sparse_softmax_cross_entropy_with_logits: labels must lie in "
                          f"[0, {n_classes}), got values from {int(lv.min())} to {int(lv.max())}")
     return P.sparse_softmax_xent_p(logits, labels)
 
@@ -63,6 +67,41 @@ def softmax_cross_entropy_with_logits(labels, logits, axis: int = -1) -> Tensor:
         raise ValueError(f"softmax_cross_entropy_with_logits: labels shape {labels.shape} must "
                          f"equal logits shape {logits.shape}")
     return ops.negative(ops.reduce_sum(ops.multiply(labels, log_softmax(logits, axis)), axis))
+
+
+def sigmoid_cross_entropy_with_logits(labels=None, logits=None) -> Tensor:
+    """Elementwise ``-z log(sigmoid(x)) - (1 - z) log(1 - sigmoid(x))`` for logits ``x`` and
+    targets ``z`` in [0, 1], computed as ``max(x, 0) - x z + log(1 + exp(-|x|))``."""
+    if labels is None or logits is None:
+        raise ValueError("sigmoid_cross_entropy_with_logits needs both labels= and logits=")
+    x = convert_to_tensor(logits)
+    if x.dtype.kind != "f":
+        raise TypeError(f"sigmoid_cross_entropy_with_logits: logits must be float, got {x.dtype}")
+    z = ops.cast(convert_to_tensor(labels), x.dtype)
+    if z.shape != x.shape:
+        raise ValueError(f"sigmoid_cross_entropy_with_logits: labels shape {z.shape} must equal "
+                         f"logits shape {x.shape}")
+    # Written with where (as TensorFlow does) so the derivative at x = 0 is sigmoid(0) - z.
+    nonneg = ops.greater_equal(x, 0)
+    zeros = ops.zeros_like(x)
+    relu_logits = ops.where(nonneg, x, zeros)
+    neg_abs = ops.where(nonneg, ops.negative(x), x)
+    return ops.add(ops.subtract(relu_logits, ops.multiply(x, z)), ops.log1p(ops.exp(neg_abs)))
+
+
+def bias_add(value, bias) -> Tensor:
+    """``value + bias`` with ``bias`` 1-D, matching the last axis of ``value`` (NHWC)."""
+    x, b = convert_to_tensor(value), convert_to_tensor(bias)
+    if b.ndim != 1 or x.ndim < 2 or x.shape[-1] != b.shape[0]:
+        raise InvalidArgumentError(f"bias_add: bias must be 1-D with the size of value's last "
+                                   f"axis; got bias {b.shape} for value {x.shape}")
+    return ops.add(x, b)
+
+
+def embedding_lookup(params, ids) -> Tensor:
+    """Rows of ``params`` at integer ``ids`` (any shape): ``params[ids]``; repeated ids add up
+    in the gradient."""
+    return ops.gather(params, ids, axis=0)
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -85,25 +124,33 @@ def _same_padding(x: Tensor, ksize, strides, fill) -> Tensor:
     return ops.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=fill)
 
 
-def _windows(x: Tensor, ksize, strides, padding: str, fill, op: str) -> Tensor:
+def _windows(x: Tensor, ksize, strides, padding: str, fill, op: str,
+             dilations=(1, 1)) -> Tensor:
     if x.ndim != 4:
         raise ValueError(f"{op} expects NHWC input of rank 4, got shape {x.shape}")
     padding = padding.upper()
     if padding not in ("VALID", "SAME"):
         raise ValueError(f"{op}: padding must be 'VALID' or 'SAME', got {padding!r}")
+    span = tuple((k - 1) * d + 1 for k, d in zip(ksize, dilations))  # a dilated window's extent
     if padding == "SAME":
-        x = _same_padding(x, ksize, strides, fill)
-    if x.shape[1] < ksize[0] or x.shape[2] < ksize[1]:
-        raise ValueError(f"{op}: window {ksize} is larger than the input {x.shape[1:3]}")
-    return P.extract_patches_p(x, ksize=ksize, strides=strides)
+        x = _same_padding(x, span, strides, fill)
+    if x.shape[1] < span[0] or x.shape[2] < span[1]:
+        raise ValueError(f"{op}: window {span} is larger than the input {x.shape[1:3]}")
+    if tuple(dilations) == (1, 1):
+        return P.extract_patches_p(x, ksize=ksize, strides=strides)
+    return P.extract_patches_p(x, ksize=ksize, strides=strides, dilations=tuple(dilations))
 
 
-def conv2d(input, filters, strides=1, padding: str = "VALID") -> Tensor:
+def conv2d(input, filters, strides=1, padding: str = "VALID", data_format: str = "NHWC",
+           dilations=1) -> Tensor:
     """2-D convolution (cross-correlation, like TensorFlow) in NHWC.
 
-    ``filters`` has shape (kh, kw, in_channels, out_channels). Written as window extraction
+    ``filters`` has shape (kh, kw, in_channels, out_channels); ``dilations`` spreads the
+    filter's taps ``d - 1`` pixels apart (atrous convolution). Written as window extraction
     followed by one matmul (im2col), so its gradient needs no rule of its own.
     """
+    if data_format != "NHWC":
+        raise ValueError(f"conv2d: only data_format='NHWC' is supported, got {data_format!r}")
     x = convert_to_tensor(input)
     w = convert_to_tensor(filters)
     if w.ndim != 4:
@@ -112,7 +159,8 @@ def conv2d(input, filters, strides=1, padding: str = "VALID") -> Tensor:
         raise ValueError(f"conv2d: input has {x.shape[-1]} channels (shape {x.shape}) but "
                          f"filters expect {w.shape[2]} (shape {w.shape})")
     kh, kw, cin, cout = w.shape
-    patches = _windows(x, (kh, kw), _pair(strides, "strides"), padding, 0, "conv2d")
+    patches = _windows(x, (kh, kw), _pair(strides, "strides"), padding, 0, "conv2d",
+                       _pair(dilations, "dilations"))
     n, oh, ow = patches.shape[:3]
     cols = ops.reshape(patches, (n * oh * ow, kh * kw * cin))
     out = ops.matmul(cols, ops.reshape(w, (kh * kw * cin, cout)))
@@ -120,7 +168,8 @@ def conv2d(input, filters, strides=1, padding: str = "VALID") -> Tensor:
 
 
 def max_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:
-    """Max pooling in NHWC; ties share the gradient (reduce_max's rule)."""
+    """Max pooling in NHWC. Ties send the whole gradient to the first maximum of the window
+    (TensorFlow's MaxPoolGrad), unlike ``reduce_max``, which shares it."""
     x = convert_to_tensor(input)
     ksize = _pair(ksize, "ksize")
     strides = ksize if strides is None else _pair(strides, "strides")
@@ -129,10 +178,26 @@ def max_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:
         # Non-overlapping windows tile the image: a reshape exposes them without copying.
         n, h, w, c = x.shape
         tiles = ops.reshape(x, (n, h // ksize[0], ksize[0], w // ksize[1], ksize[1], c))
-        return ops.reduce_max(tiles, axis=(2, 4))
+        return PX.window_max_p(tiles, axis=(2, 4))
     fill = -np.inf
     patches = _windows(x, ksize, strides, padding, fill, "max_pool2d")
-    return ops.reduce_max(patches, axis=(3, 4))
+    return PX.window_max_p(patches, axis=(3, 4))
+
+
+def avg_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:
+    """Average pooling in NHWC. With ``"SAME"`` padding each window averages only the input
+    pixels it covers (padding is not counted), as TensorFlow does."""
+    x = convert_to_tensor(input)
+    ksize = _pair(ksize, "ksize")
+    strides = ksize if strides is None else _pair(strides, "strides")
+    patches = _windows(x, ksize, strides, padding, 0, "avg_pool2d")
+    total = ops.reduce_sum(patches, axis=(3, 4))
+    if padding.upper() == "VALID":
+        return ops.multiply(total, 1.0 / (ksize[0] * ksize[1]))
+    ones = Tensor(np.ones((1,) + x.shape[1:3] + (1,), dtype=x.dtype))
+    counts = ops.reduce_sum(_windows(ones, ksize, strides, padding, 0, "avg_pool2d"),
+                            axis=(3, 4))
+    return ops.divide(total, counts)
 
 
 def dropout(x, rate: float, noise_shape=None, seed=None) -> Tensor:

@@ -1,0 +1,315 @@
+"""The registry's second room: the primitives TensorFlow users reach for beyond the core set.
+
+Same conventions as :mod:`primitives`: each forward on raw arrays (written once against the
+array module ``xp``), followed at once by its rule, written with primitives so outer tapes
+record it (higher-order derivatives). Grouped by kind: elementwise special functions, scans
+and products, linear algebra, window maxima.
+
+Raw-array values a rule needs (masks) come from :func:`recording.derived`, so a ``tp.function``
+replay recomputes them.
+"""
+from __future__ import annotations
+
+import math
+import string
+
+import numpy as np
+
+from . import primitives as P
+from ._backend import array_module
+from .recording import derived, primitive
+from .tensor import Tensor
+
+__all__: list[str] = []  # internal: the public names live in tapeflow.math_ops / array_ops
+
+_c = P._c
+
+
+# ---------------------------------------------------------------- elementwise, special
+@primitive("expm1", save_ans=True)
+def expm1_p(x):
+    return array_module(x).expm1(x)
+
+
+@expm1_p.defvjp
+def _(g, ans, xs, shapes, needs):
+    # d/dx (e^x - 1) = e^x = ans + 1 (from the saved output: no second exp)
+    return (P.multiply_p(g, P.add_p(ans, _c(1, ans))),)
+
+
+@primitive("tan", save_ans=True)
+def tan_p(x):
+    return array_module(x).tan(x)
+
+
+@tan_p.defvjp
+def _(g, ans, xs, shapes, needs):
+    return (P.multiply_p(g, P.add_p(_c(1, ans), P.square_p(ans))),)  # 1 + tan^2
+
+
+@primitive("atan", save_args=True)
+def atan_p(x):
+    return array_module(x).arctan(x)
+
+
+@atan_p.defvjp
+def _(g, ans, xs, shapes, needs):
+    x = xs[0]
+    return (P.divide_p(g, P.add_p(_c(1, x), P.square_p(x))),)
+
+
+@primitive("sinh", save_args=True)
+def sinh_p(x):
+    return array_module(x).sinh(x)
+
+
+@sinh_p.defvjp
+def _(g, ans, xs, shapes, needs):
+    return (P.multiply_p(g, cosh_p(xs[0])),)
+
+
+@primitive("cosh", save_args=True)
+def cosh_p(x):
+    return array_module(x).cosh(x)
+
+
+@cosh_p.defvjp
+def _(g, ans, xs, shapes, needs):
+    return (P.multiply_p(g, sinh_p(xs[0])),)
+
+
+_erf_scalar = np.vectorize(math.erf, otypes=[np.float64])
+
+
+@primitive("erf", save_args=True)
+def erf_p(x):
+    xp = array_module(x)
+    if xp is np:
+        # NumPy has no erf: math.erf per element (exact to double precision; slower than a
+        # ufunc, which is why gelu's default tanh-free form costs more than approximate=True).
+        return _erf_scalar(x).astype(x.dtype, copy=False)
+    from cupyx.scipy.special import erf
+
+    return erf(x)
+
+
+@erf_p.defvjp
+def _(g, ans, xs, shapes, needs):
+    x = xs[0]  # d/dx erf(x) = 2/sqrt(pi) exp(-x^2)
+    return (P.multiply_p(g, P.multiply_p(P.exp_p(P.negative_p(P.square_p(x))),
+                                         _c(2.0 / math.sqrt(math.pi), x))),)
+
+
+@primitive("softplus", save_args=True)
+def softplus_p(x):
+    xp = array_module(x)
+    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): exp never overflows.
+    return (xp.maximum(x, 0) + xp.log1p(xp.exp(-abs(x)))).astype(x.dtype, copy=False)
+
+
+@softplus_p.defvjp
+def _(g, ans, xs, shapes, needs):
+    # A primitive (not max + log1p(exp(-|x|))) because the composition's derivative at 0 would
+    # be relu'(0) - sign(0)/2 = 0 instead of sigmoid(0) = 1/2.
+    return (P.multiply_p(g, P.sigmoid_p(xs[0])),)
+
+
+# ---------------------------------------------------------------- scans and products
+def _shift(xp, c, axis: int):
+    """Exclusive scan from an inclusive one along ``axis``: drop the last, put the identity
+    first (0 for sums, 1 for products, passed in as ``c``'s first slice)."""
+    idx_head = [slice(None)] * c.ndim
+    idx_head[axis] = slice(0, 1)
+    idx_body = [slice(None)] * c.ndim
+    idx_body[axis] = slice(0, -1)
+    return xp.concatenate([c[tuple(idx_head)], c[tuple(idx_body)]], axis=axis)
+
+
+def _scan(x, axis: int, exclusive: bool, reverse: bool, product: bool):
+    xp = array_module(x)
+    if reverse:
+        x = xp.flip(x, axis)
+    if product:
+        c = xp.cumprod(x, axis=axis, dtype=x.dtype)
+    else:
+        c = xp.cumsum(x, axis=axis, dtype=x.dtype)
+    if exclusive and x.shape[axis]:
+        c = _shift(xp, c, axis)
+        head = [slice(None)] * c.ndim
+        head[axis] = slice(0, 1)
+        c[tuple(head)] = 1 if product else 0
+    if reverse:
+        c = xp.flip(c, axis)
+    return xp.ascontiguousarray(c)
+
+
+@primitive("cumsum")
+def cumsum_p(x, axis, exclusive, reverse):
+    return _scan(x, axis, exclusive, reverse, product=False)
+
+
+@cumsum_p.defvjp
+def _(g, ans, xs, shapes, needs, axis, exclusive, reverse):
+    # The transpose of a running sum is the running sum taken the other way.
+    return (cumsum_p(g, axis=axis, exclusive=exclusive, reverse=not reverse),)
+
+
+@primitive("cumprod", save_args=True, save_ans=True)
+def cumprod_p(x, axis, exclusive, reverse):
+    return _scan(x, axis, exclusive, reverse, product=True)
+
+
+def _is_zero(a):
+    return a == 0
+
+
+def _div_no_nan(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` with 0 where ``den == 0`` (and no NaN in the gradient there)."""
+    zero = derived(_is_zero, den)
+    safe = P.where_p(zero, _c(1, den), den)
+    return P.where_p(zero, _c(0, num), P.divide_p(num, safe))
+
+
+@cumprod_p.defvjp
+def _(g, ans, xs, shapes, needs, axis, exclusive, reverse):
+    # TensorFlow's rule: d/dx_j = sum_{i reached by j} g_i ans_i / x_j; entries with x_j = 0
+    # get 0 (TensorFlow's div_no_nan), exact whenever no input is zero.
+    back = cumsum_p(P.multiply_p(g, ans), axis=axis, exclusive=exclusive, reverse=not reverse)
+    return (_div_no_nan(back, xs[0]),)
+
+
+def _kept(shape: tuple, axis) -> tuple:
+    return tuple(1 if axis is None or i in axis else d for i, d in enumerate(shape))
+
+
+@primitive("reduce_prod", save_args=True)
+def reduce_prod_p(x, axis, keepdims):
+    return x.prod(axis=axis, keepdims=keepdims, dtype=x.dtype)
+
+
+@reduce_prod_p.defvjp
+def _(g, ans, xs, shapes, needs, axis, keepdims):
+    # d prod / d x_j = product of the others: exclusive running products from both ends
+    # (TensorFlow's _ProdGrad), so zeros in x are handled exactly (no division).
+    x = xs[0]
+    shape = shapes[0]
+    nd = len(shape)
+    red = tuple(range(nd)) if axis is None else tuple(axis)
+    kept = tuple(i for i in range(nd) if i not in red)
+    perm = red + kept
+    xt = P.transpose_p(x, perm=perm)
+    n_red = math.prod(shape[i] for i in red)
+    flat = P.reshape_p(xt, shape=(n_red, math.prod(shape[i] for i in kept)))
+    left = cumprod_p(flat, axis=0, exclusive=True, reverse=False)
+    right = cumprod_p(flat, axis=0, exclusive=True, reverse=True)
+    others = P.reshape_p(P.multiply_p(left, right), shape=tuple(shape[i] for i in perm))
+    others = P.transpose_p(others, perm=tuple(np.argsort(perm).tolist()))
+    return (P.multiply_p(P.reshape_p(g, shape=_kept(shape, axis)), others),)
+
+
+# ---------------------------------------------------------------- einsum
+@primitive("einsum", save_args=True)
+def einsum_p(*xs, equation):
+    """``equation`` is explicit (``"ab,bc->ac"``, no ellipsis): ``ops.einsum`` normalises it."""
+    return array_module(xs[0]).einsum(equation, *xs)
+
+
+def _unused_letter(used: set) -> str:
+    for ch in string.ascii_letters:
+        if ch not in used:
+            used.add(ch)
+            return ch
+    raise ValueError("einsum: more than 52 distinct indices")
+
+
+def _einsum_operand_grad(g: Tensor, out: str, ins: list, xs: tuple, k: int,
+                         shape: tuple) -> Tensor:
+    """Gradient for operand ``k``: contract ``g`` with the other operands onto ``k``'s indices.
+
+    Indices that only operand ``k`` has (summed away) come back by broadcasting; a repeated
+    index (a diagonal, ``"ii->i"``) comes back by multiplying with an identity matrix.
+    """
+    mine = ins[k]
+    operands = [g] + [xs[j] for j in range(len(ins)) if j != k]
+    subs = [out] + [ins[j] for j in range(len(ins)) if j != k]
+    used = set("".join(ins) + out)
+    target = []
+    for i, (ch, d) in enumerate(zip(mine, shape)):
+        if ch in mine[:i]:  # repeated index: a fresh letter tied to the first by an identity
+            new = _unused_letter(used)
+            operands.append(Tensor(array_module(g._value).eye(d, dtype=g._value.dtype)))
+            subs.append(ch + new)
+            target.append(new)
+        else:
+            target.append(ch)
+    reachable = set("".join(subs))
+    extra = [ch for ch in target if ch not in reachable]
+    target_str = "".join(target)
+    present = "".join(ch for ch in target_str if ch not in extra)
+    grad = einsum_p(*operands, equation=",".join(subs) + "->" + present)
+    if extra:  # indices summed away inside operand k alone: broadcast back along them
+        grad = P.reshape_p(grad, shape=tuple(1 if ch in extra else d
+                                             for ch, d in zip(target_str, shape)))
+        grad = P.broadcast_to_p(grad, shape=shape)
+    return grad
+
+
+@einsum_p.defvjp
+def _(g, ans, xs, shapes, needs, equation):
+    lhs, out = equation.split("->")
+    ins = lhs.split(",")
+    return tuple(_einsum_operand_grad(g, out, ins, xs, k, shapes[k]) if needs[k] else None
+                 for k in range(len(ins)))
+
+
+# ---------------------------------------------------------------- linear algebra
+@primitive("matrix_inverse", save_ans=True)
+def matrix_inverse_p(x):
+    return array_module(x).linalg.inv(x)
+
+
+@matrix_inverse_p.defvjp
+def _(g, ans, xs, shapes, needs):
+    # d(A^-1) = -A^-1 dA A^-1, so the cotangent is -A^-T g A^-T.
+    inv_t = P._mT(ans)
+    return (P.negative_p(P.matmul_p(inv_t, P.matmul_p(g, inv_t))),)
+
+
+@primitive("det", save_args=True, save_ans=True)
+def det_p(x):
+    return array_module(x).linalg.det(x)
+
+
+@det_p.defvjp
+def _(g, ans, xs, shapes, needs):
+    # Jacobi's formula: d det(A) / dA = det(A) A^-T.
+    scale = P.reshape_p(P.multiply_p(g, ans), shape=ans._value.shape + (1, 1))
+    return (P.multiply_p(scale, P._mT(matrix_inverse_p(xs[0]))),)
+
+
+# ---------------------------------------------------------------- window maxima (pooling)
+def _first_max_mask(x, ans, axis: tuple):
+    """1 at the first maximum (row-major over ``axis``) of each window, 0 elsewhere."""
+    xp = array_module(x)
+    rest = tuple(i for i in range(x.ndim) if i not in axis)
+    moved = xp.transpose(x, rest + axis)
+    lead = moved.shape[:len(rest)]
+    flat = moved.reshape(lead + (-1,))
+    first = flat.argmax(axis=-1)
+    hot = xp.arange(flat.shape[-1]) == first[..., None]
+    hot = hot.reshape(moved.shape)
+    return xp.transpose(hot, tuple(np.argsort(rest + axis).tolist())).astype(x.dtype)
+
+
+@primitive("window_max", save_args=True, save_ans=True)
+def window_max_p(x, axis):
+    """Max over the window axes ``axis`` (a tuple), keeping no dims: pooling's reduction."""
+    return x.max(axis=axis)
+
+
+@window_max_p.defvjp
+def _(g, ans, xs, shapes, needs, axis):
+    # TensorFlow's MaxPoolGrad: the whole gradient goes to one input per window, the first
+    # maximum in row-major window order (reduce_max instead splits ties equally).
+    mask = derived(_first_max_mask, xs[0], ans, axis=axis)
+    return (P.multiply_p(P.reshape_p(g, shape=_kept(shapes[0], axis)), mask),)
