@@ -1,29 +1,49 @@
-"""``tapeflow.distributed`` (imported as ``dist``): communicators, fault handling, launching.
-
-``DistributedGradientTape`` wraps a ``GradientTape`` and reduces its gradients over the ranks
-in fused, overlapped buckets; ``broadcast_variables`` syncs a model from one rank.
+"""``tapeflow.distributed`` (imported as ``dist``): communicators, collectives, the distributed
+tape, fault handling and launching.
 
 >>> import tapeflow.distributed as dist
 >>> comm = dist.init()          # "mpi" under mpiexec, "local" in a plain process
 >>> comm.rank, comm.size
 (0, 1)
+>>> import numpy as np
+>>> dist.allreduce(np.array([3.0]), op="sum")      # every rank's values summed
+array([3.])
+
+From ``init()`` on, a failure on any rank (an exception, ``sys.exit(n != 0)``, a termination
+signal, a rank finishing while others wait for it) ends every rank with a message naming it;
+every collective is checked across ranks first (a mismatch is a :class:`MismatchError` on every
+rank); a stalled collective is reported after ``$TAPEFLOW_STALL_WARN`` s and aborts the job
+after ``$TAPEFLOW_STALL_TIMEOUT`` s. See :mod:`tapeflow.distributed.faults`.
 """
-from .comm import (
-    REDUCE_OPS, Communicator, Handle, LocalCommunicator, MPICommunicator, available_backends,
-    get_comm, init, register_backend,
+from .api import (
+    allgather, allgather_object, allreduce, average_metrics, barrier, broadcast,
+    broadcast_object, broadcast_optimizer_state, broadcast_variables, cross_rank, cross_size,
+    grouped_allreduce, local_rank, local_size, rank, size,
 )
-from .faults import StallMonitor, install_abort_handler, uninstall_abort_handler
+from .base import REDUCE_OPS, Communicator, Layout, Reducer
+from .faults import MismatchError
 from .launcher import find_mpiexec, mpiexec_argv, run_mpiexec, threads_per_rank
-from .tape import (
-    DEFAULT_BUCKET_BYTES, DistributedGradientTape, GradientAccumulation, average_metrics,
-    broadcast_optimizer_state, broadcast_variables, tape_factory,
-)
+from .local import LocalCommunicator
+from .registry import available_backends, get_comm, init, register_backend
+from .tape import DEFAULT_BUCKET_BYTES, DistributedGradientTape, GradientAccumulation, tape_factory
+
+
+def __getattr__(name: str):
+    if name == "MPICommunicator":  # importing it imports mpi4py (and initialises MPI)
+        from .mpi import MPICommunicator
+
+        return MPICommunicator
+    raise AttributeError(f"module 'tapeflow.distributed' has no attribute {name!r}")
+
 
 __all__ = [
-    "Communicator", "Handle", "MPICommunicator", "LocalCommunicator", "REDUCE_OPS",
     "init", "get_comm", "register_backend", "available_backends",
-    "StallMonitor", "install_abort_handler", "uninstall_abort_handler",
+    "Communicator", "LocalCommunicator", "MPICommunicator", "Reducer", "Layout", "REDUCE_OPS",
+    "MismatchError",
+    "rank", "size", "local_rank", "local_size", "cross_rank", "cross_size",
+    "allreduce", "grouped_allreduce", "allgather", "broadcast", "broadcast_object",
+    "allgather_object", "barrier",
+    "DistributedGradientTape", "GradientAccumulation", "DEFAULT_BUCKET_BYTES", "tape_factory",
+    "broadcast_variables", "broadcast_optimizer_state", "average_metrics",
     "find_mpiexec", "mpiexec_argv", "run_mpiexec", "threads_per_rank",
-    "DistributedGradientTape", "GradientAccumulation", "DEFAULT_BUCKET_BYTES",
-    "broadcast_variables", "broadcast_optimizer_state", "average_metrics", "tape_factory",
 ]

@@ -17,37 +17,44 @@ counters. Mismatched sizes, dtypes or ops are a ``MismatchError`` (a ``ValueErro
 rank before anything is reduced: nothing hangs and nothing is corrupted. (Both ranks must take
 this path to meet: buffers of at least ``min_bytes`` on every rank.)
 
-Only blocking, in-place reductions take this path (``allreduce_``, ``allreduce_many_``); shared
-memory cannot progress in the background, so non-blocking requests stay with MPI.
+Every wait (arrival, reduction, read-out, the cross-node step) goes through the package's one
+wait loop (:class:`~tapeflow.distributed.faults.Waiter`), which sleeps instead of spinning once a
+wait grows long and reports or aborts a stall naming the ranks that have not arrived.
+
+Arrays lent out of the shared window (:meth:`SharedMemoryEngine.lend`) are leases: the slot is
+lent again only after the lease and every view of it are gone (a ``weakref.finalize``), so a
+result the caller keeps is never overwritten.
 """
 from __future__ import annotations
 
-import os
 import platform
-import sys
-import time
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
 
-from .comm import MismatchError
+from .faults import MismatchError, Waiter
 
-__all__ = ["SharedMemoryReducer", "DEFAULT_MIN_BYTES"]
+__all__ = ["SharedMemoryEngine", "DEFAULT_MIN_BYTES"]
 
 #: Buffers smaller than this go through MPI, whose small-message path is already a few us.
 DEFAULT_MIN_BYTES = 64 << 10
-_OPS = {"sum": 0, "average": 1, "max": 2}
+_OPS = {"sum": 0, "average": 1, "max": 2, "min": 3, "product": 4}
+_UFUNC = {"sum": np.add, "average": np.add, "max": np.maximum, "min": np.minimum,
+          "product": np.multiply}
 _DTYPE_CODES = {np.dtype(np.float16): 1, np.dtype(np.float32): 2, np.dtype(np.float64): 3,
                 np.dtype(np.int32): 4, np.dtype(np.int64): 5}
 _DTYPE_OF_CODE = {c: d for d, c in _DTYPE_CODES.items()}
 _ALIGN = 16          # slice boundaries on multiples of 16 elements (one 64-byte line of float32)
 _ROW = 8             # int64 slots per rank in the control window: 64 bytes, one cache line
 _COUNT, _NBYTES, _DTYPE, _OP, _FINITE, _OFFSET = 0, 1, 2, 3, 4, 5
-_sched_yield = getattr(os, "sched_yield", lambda: None)
 _TSO_MACHINES = ("x86_64", "amd64", "i386", "i686")
 
 
-class SharedMemoryReducer:
+_KEPT: list = []  # windows still viewed by a caller's arrays when their engine closed
+
+
+class SharedMemoryEngine:
     """All-reduce of NumPy buffers over ``comm`` (an mpi4py intra-communicator) through shared
     memory within each node. Creation is collective over ``comm``.
 
@@ -58,22 +65,21 @@ class SharedMemoryReducer:
     step on one machine).
     """
 
-    def __init__(self, comm: Any, *, node_size: int | None = None,
-                 stall_timeout: float = 60.0, stall_action: str = "warn",
+    def __init__(self, comm: Any, waiter: Waiter, *, node_size: int | None = None,
                  min_bytes: int = DEFAULT_MIN_BYTES):
         from mpi4py import MPI
 
         self._MPI = MPI
         self.min_bytes = int(min_bytes)
-        self.stall_timeout, self.stall_action = stall_timeout, stall_action
+        self._waiter = waiter
         self._world = comm.Get_size()
         self._node = self._cross = self._ctl_win = self._data_win = None
         self._segments: list[np.ndarray] = []  # each rank's whole segment, as uint8
         self._slot = 0        # bytes per slot: a segment is [scratch slot | lendable slot]
         self._retired: list = []  # outgrown windows; results may still view them
-        self._lent_base = None    # base object of the last array lend() handed out
+        self._lent: weakref.ref | None = None   # the last lease lend() handed out
         self._lent_addr = 0
-        self._retired_bases: list = []
+        self._retired_leases: list = []  # weak references to leases into outgrown windows
         self._calls = 0
         self.enabled = False
         rank = comm.Get_rank()
@@ -149,62 +155,39 @@ class SharedMemoryReducer:
         return True
 
     def _wait(self, target: int, phase: str) -> None:
-        if self._arrived(target):
-            self._fence()
-            return
-        start = time.monotonic()
-        next_report = start + self.stall_timeout if self.stall_timeout > 0 else float("inf")
-        spins = 0
-        while not self._arrived(target):
-            spins += 1
-            _sched_yield()
-            if spins & 255 == 0:
-                now = time.monotonic()
-                if now >= next_report:
-                    self._report(target, phase, now - start)
-                    next_report += self.stall_timeout
-                if now - start > 0.02:   # a long wait (a slow rank): stop burning the core
-                    time.sleep(50e-6)
+        if not self._arrived(target):
+            item = self._ctl.item
+            self._waiter.wait(
+                lambda: self._arrived(target), f"shared-memory all-reduce ({phase})",
+                (target + 2) // 3,
+                missing=lambda: [self.node_ranks[r] for r in range(self._local)
+                                 if item(r, _COUNT) < target])
         self._fence()                           # then read what they wrote
-
-    def _report(self, target: int, phase: str, waited: float) -> None:
-        from .faults import _write_then_abort
-
-        missing = [self.node_ranks[r] for r in range(self._local)
-                   if self._ctl.item(r, _COUNT) < target]
-        me = self.node_ranks[self._me]
-        message = (f"tapeflow: shared-memory all-reduce #{(target + 2) // 3} ({phase}) on rank "
-                   f"{me} has waited {waited:.1f} s; ranks not arrived: {missing}\n")
-        if self.stall_action == "abort":
-            _write_then_abort(message + f"tapeflow: rank {me} aborts the job\n")
-        sys.stderr.write(message)
-        sys.stderr.flush()
 
     # -- zero-copy staging ------------------------------------------------------------------------
     def lend(self, nbytes: int) -> np.ndarray | None:
-        """A writable uint8 array of ``nbytes`` in this rank's own shared segment, or ``None``.
+        """A writable uint8 lease of ``nbytes`` in this rank's own shared segment, or ``None``.
 
         Buffers carved from it, in order and back to back from its start, and passed to the
         next :meth:`allreduce_` are reduced where they lie: nothing is copied in, only the
-        other ranks' slices are copied back, and the buffers hold the result afterwards (views
-        of them stay valid until this rank writes the slot again). ``None`` when the slot is
-        too small (the next reduction grows it) or arrays from the previous loan are still
-        alive (the caller then reduces private buffers; nothing held is overwritten).
-        Local, not collective; it waits until the other ranks have read this rank's previous
-        result out of the slot."""
+        other ranks' slices are copied back, and the buffers hold the result afterwards.
+        ``None`` when the slot is too small (the next reduction grows it) or the previous lease
+        (or any view of it) is still alive: the caller then reduces private buffers, and
+        nothing it holds is overwritten. Local, not collective; it waits until the other ranks
+        have read this rank's previous result out of the slot."""
         if not self.enabled or self._slot < nbytes:
             return None
-        if self._lent_base is not None and sys.getrefcount(self._lent_base) > 2:
+        if self._lent is not None and self._lent() is not None:
             return None
         self._wait(3 * self._calls, "previous read-out")
         mem = memoryview(self._segments[self._me])[self._slot:self._slot + nbytes]
-        whole = np.frombuffer(mem, dtype=np.uint8)
-        self._lent_base = whole.base  # only `whole` and views of it reference this object
+        whole = np.frombuffer(mem, dtype=np.uint8)  # views of it keep it alive, not the segment
+        self._lent = weakref.ref(whole)
         self._lent_addr = whole.__array_interface__["data"][0]
         return whole
 
     def _in_lent_slot(self, flat: list) -> bool:
-        if self._lent_base is None or self._slot == 0:
+        if self._lent is None or self._lent() is None or self._slot == 0:
             return False
         addr = self._lent_addr
         for f in flat:
@@ -217,7 +200,7 @@ class SharedMemoryReducer:
     def allreduce_(self, bufs: Sequence[np.ndarray], op: str = "sum", *,
                    check_finite: bool = False) -> bool | None:
         """Reduce the C-contiguous ``bufs`` (one dtype) in place over every rank, as one
-        collective: their concatenation is what is reduced. ``op``: sum, average or max.
+        collective: their concatenation is what is reduced. ``op``: any of ``_OPS``.
 
         With ``check_finite``, return whether every reduced value is finite (the same answer on
         every rank; each rank tests its own slice while it is in cache)."""
@@ -293,7 +276,7 @@ class SharedMemoryReducer:
 
     def _reduce_slice(self, segs: list, lo: int, hi: int, op: str, dtype: np.dtype,
                       check_finite: bool) -> int:
-        ufunc = np.maximum if op == "max" else np.add
+        ufunc = _UFUNC[op]
         order = [self._me] + [r for r in range(self._local) if r != self._me]
         if dtype == np.float16:  # accumulate in float32, like the MPI path
             acc = segs[order[0]][lo:hi].astype(np.float32)
@@ -303,12 +286,14 @@ class SharedMemoryReducer:
             acc = segs[self._me][lo:hi]
             for r in order[1:]:
                 ufunc(acc, segs[r][lo:hi], out=acc)
-        if self._cross is not None:
+        if self._cross is not None:  # the cross-node step, watched like every other wait
             MPI = self._MPI
             mpi_type = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE,
                         np.dtype(np.int32): MPI.INT32_T, np.dtype(np.int64): MPI.INT64_T}
-            self._cross.Allreduce(MPI.IN_PLACE, [acc, mpi_type[acc.dtype]],
-                                  op=MPI.MAX if op == "max" else MPI.SUM)
+            mpi_op = {"max": MPI.MAX, "min": MPI.MIN, "product": MPI.PROD}.get(op, MPI.SUM)
+            req = self._cross.Iallreduce(MPI.IN_PLACE, [acc, mpi_type[acc.dtype]], op=mpi_op)
+            self._waiter.wait(req.Test, "shared-memory all-reduce (cross-node step)",
+                              self._calls)
         if op == "average":
             if acc.dtype.kind == "f":
                 np.multiply(acc, acc.dtype.type(1.0 / self._world), out=acc)
@@ -332,29 +317,30 @@ class SharedMemoryReducer:
         MPI = self._MPI
         if self._data_win is not None:
             self._retired.append(self._data_win)
-        if self._lent_base is not None:
-            self._retired_bases.append(self._lent_base)
+        if self._lent is not None:
+            self._retired_leases.append(self._lent)
         slot = -(-max(nbytes, 1 << 20) // 4096) * 4096
         win = MPI.Win.Allocate_shared(2 * slot, 1, comm=self._node)
         win.Lock_all(MPI.MODE_NOCHECK)
         self._segments = [np.frombuffer(win.Shared_query(r)[0], dtype=np.uint8, count=2 * slot)
                           for r in range(self._local)]
         self._data_win, self._slot = win, slot
-        self._lent_base, self._lent_addr = None, 0
+        self._lent, self._lent_addr = None, 0
 
     def _free_data(self) -> None:
-        """Free the data windows, unless some rank still holds arrays viewing them (then they
+        """Free the data windows, unless some rank still holds a lease into them (then they
         stay mapped until exit rather than leave dangling arrays)."""
         MPI = self._MPI
         wins = self._retired + ([self._data_win] if self._data_win is not None else [])
         if not wins:
             return
-        bases = self._retired_bases + ([self._lent_base] if self._lent_base is not None else [])
-        held = np.array([any(sys.getrefcount(b) > 3 for b in bases)], dtype=np.int64)
+        leases = self._retired_leases + ([self._lent] if self._lent is not None else [])
+        held = np.array([any(ref() is not None for ref in leases)], dtype=np.int64)
         self._node.Allreduce(MPI.IN_PLACE, [held, MPI.INT64_T], op=MPI.MAX)
         self._segments, self._slot, self._data_win, self._retired = [], 0, None, []
-        self._lent_base, self._retired_bases = None, []
+        self._lent, self._retired_leases = None, []
         if held[0]:
+            _KEPT.extend(wins)  # mapped until exit: arrays the caller holds still view them
             return
         for win in wins:
             win.Unlock_all()

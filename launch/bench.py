@@ -139,8 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused bucket size (default: DistributedGradientTape's)")
     s.add_argument("--comm-repeats", type=_positive_int("--comm-repeats"), default=20,
                    help="repeats of the standalone blocking all-reduce measurement")
-    s.add_argument("--no-check", action="store_true",
-                   help="skip the per-step signature check all-reduce (profiling)")
     s.add_argument("--repeats", type=_positive_int("--repeats"), default=1,
                    help="rounds over all rank counts (interleaved, so load drift hits every "
                         "point alike); each point reports its median round")
@@ -176,7 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--warmup-seconds", type=float, default=1.0)
     w.add_argument("--bucket-bytes", type=int, required=True)
     w.add_argument("--comm-repeats", type=int, default=20)
-    w.add_argument("--no-check", action="store_true")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--result", required=True)
 
@@ -287,8 +284,7 @@ def scaling_worker(args: argparse.Namespace) -> int:
     def step() -> dict[str, float]:
         t0 = time.perf_counter()
         with dist.DistributedGradientTape(tp.GradientTape(), comm, op="average",
-                                          bucket_bytes=args.bucket_bytes,
-                                          check=not args.no_check) as tape:
+                                          bucket_bytes=args.bucket_bytes) as tape:
             logits = model(xt, training=True)
             loss = tp.reduce_mean(F.sparse_softmax_cross_entropy_with_logits(yt, logits))
         t1 = time.perf_counter()
@@ -297,7 +293,7 @@ def scaling_worker(args: argparse.Namespace) -> int:
         opt.apply_gradients(zip(grads, variables))
         t3 = time.perf_counter()
         return {"step_s": t3 - t0, "forward_s": t1 - t0, "gradient_s": t2 - t1,
-                "apply_s": t3 - t2, **{k: float(v) for k, v in tape.stats.items()}}
+                "apply_s": t3 - t2, **{k: float(v) for k, v in tape.stats.items() if k != "reduction"}}
 
     for _ in range(args.warmup):
         step()
@@ -318,15 +314,16 @@ def scaling_worker(args: argparse.Namespace) -> int:
     # the other, as if nothing overlapped.
     sizes = bucket_sizes([tuple(v.shape) for v in variables], args.bucket_bytes,
                          np.dtype(variables[0].dtype).itemsize)
-    bufs = [np.ones(n, np.float32) for n in sizes]
     shared = bool(records[-1].get("shared_memory", 0.0))
+    # the communicator's reducer for buckets of these sizes, as the tape would use it
+    reducer = comm.reducer(dist.Layout(tuple((np.dtype(np.float32), n) for n in sizes), 0),
+                           "sum")
 
     def reduce_all() -> None:
-        if shared:  # what the tape does then: one fused blocking reduction
-            comm.allreduce_many_(bufs, op="sum")
-        else:       # one non-blocking MPI all-reduce per bucket
-            for h in [comm.iallreduce_(b, op="sum") for b in bufs]:
-                h.wait()
+        for i, buf in enumerate(reducer.start()):
+            buf.fill(1.0)
+            reducer.ready(i)
+        reducer.finish()
 
     comm_times = []
     if comm.size > 1:
@@ -360,7 +357,6 @@ def scaling_worker(args: argparse.Namespace) -> int:
                   "grad_bytes": int(med.get("bytes", 0)),
                   "launched_during_backward": med.get("launched_during_backward"),
                   "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-                  "check": not args.no_check,
                   "reduction": ("shared-memory" if shared else "mpi") if comm.size > 1 else None}
         Path(args.result).write_text(json.dumps(result, indent=2))
     return 0
@@ -435,7 +431,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
                                   if args.model == "mlp" else "MNIST CNN"),
                    "batch_per_rank": args.batch_per_rank, "steps": args.steps,
                    "warmup": args.warmup, "threads_per_rank": args.threads_per_rank,
-                   "bucket_bytes": bucket, "ranks": ranks, "check": not args.no_check,
+                   "bucket_bytes": bucket, "ranks": ranks,
                    "launch": "mpiexec -n R (R = 1 included)", "statistic": "median per step, "
                    "max over ranks; median over rounds", "repeats": args.repeats},
         "modes": {}}
@@ -461,8 +457,6 @@ def run_scaling(args: argparse.Namespace) -> dict:
                            "--warmup-seconds", str(args.warmup_seconds),
                            "--comm-repeats", str(args.comm_repeats), "--seed", str(args.seed),
                            "--result", str(res_file)]
-                    if args.no_check:
-                        cmd.append("--no-check")
                     print(f"[{mode}] round {rnd + 1}/{args.repeats}: {r} rank(s), batch/rank "
                           f"{per_rank} ...", flush=True)
                     _launch(r, cmd, args.threads_per_rank, args.timeout)
@@ -559,7 +553,7 @@ def allreduce_worker(args: argparse.Namespace) -> int:
 
     def comm_once() -> float:  # the communicator on the same buffer (shared memory if it can)
         t = time.perf_counter()
-        comm.allreduce_(same, op="sum")
+        comm.allreduce(same, op="sum")
         return time.perf_counter() - t
 
     tape_once(), raw_once(), local_once()
@@ -593,8 +587,8 @@ def allreduce_worker(args: argparse.Namespace) -> int:
                   "ratio_excluding_local_backward": (grad_bytes / comm_only) / bw_raw,
                   "reduction": "shared-memory" if stats.get("shared_memory") else "mpi",
                   "comm_allreduce_s": comm_s, "comm_vs_raw_speedup": raw_s / comm_s,
-                  "comm_path": "shared-memory" if comm.reduces_in_shared_memory(
-                      raw.nbytes, raw.dtype) else "mpi"}
+                  "comm_path": "shared-memory" if getattr(comm, "shared_memory", False)
+                  and raw.nbytes >= 64 << 10 else "mpi"}
         Path(args.result).write_text(json.dumps(result, indent=2))
     return 0
 
@@ -623,7 +617,7 @@ def run_allreduce(args: argparse.Namespace) -> dict:
           f"{1e3 * result['local_backward_s']:.3f} ms)")
     print(f"  raw Allreduce(IN_PLACE): {1e3 * result['raw_s']:.3f} ms "
           f"({result['raw_GBps']:.2f} GB/s)")
-    print(f"  communicator allreduce_ of the same buffer ({result['comm_path']} path): "
+    print(f"  communicator allreduce of the same buffer ({result['comm_path']} path): "
           f"{1e3 * result['comm_allreduce_s']:.3f} ms ({result['comm_vs_raw_speedup']:.2f}x "
           f"the raw Allreduce's speed)")
     print(f"  bandwidth ratio tape/raw: {result['ratio']:.3f} (excluding the local backward: "

@@ -1,0 +1,106 @@
+"""Module-level collectives on the default communicator (Horovod's names).
+
+``dist.allreduce(x)`` is ``dist.get_comm().allreduce(x)``, and so on; :func:`init` (or the
+first use) picks the communicator.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import Communicator
+from .registry import get_comm
+
+__all__ = ["rank", "size", "local_rank", "local_size", "cross_rank", "cross_size",
+           "allreduce", "grouped_allreduce", "allgather", "broadcast", "broadcast_object",
+           "allgather_object", "barrier", "broadcast_variables", "broadcast_optimizer_state",
+           "average_metrics"]
+
+
+def _c(comm: Communicator | None) -> Communicator:
+    return comm if comm is not None else get_comm()
+
+
+def rank() -> int:
+    """This process's rank in the default communicator."""
+    return get_comm().rank
+
+
+def size() -> int:
+    """Number of ranks in the default communicator."""
+    return get_comm().size
+
+
+def local_rank() -> int:
+    """Rank among the ranks on this node."""
+    return get_comm().local_rank
+
+
+def local_size() -> int:
+    """Number of ranks on this node."""
+    return get_comm().local_size
+
+
+def cross_rank() -> int:
+    """Index of this node."""
+    return get_comm().cross_rank
+
+
+def cross_size() -> int:
+    """Number of nodes."""
+    return get_comm().cross_size
+
+
+def allreduce(x: Any, op: str = "average", comm: Communicator | None = None) -> Any:
+    """``x`` reduced over the ranks (``op``: average, sum, min, max, product)."""
+    return _c(comm).allreduce(x, op)
+
+
+def grouped_allreduce(xs: Sequence, op: str = "average", comm: Communicator | None = None) -> list:
+    """Several tensors reduced as one checked, fused collective."""
+    return _c(comm).grouped_allreduce(list(xs), op)
+
+
+def allgather(x: Any, comm: Communicator | None = None) -> list:
+    """Every rank's ``x`` (first dimensions may differ)."""
+    return _c(comm).allgather(x)
+
+
+def broadcast(x: Any = None, root: int = 0, comm: Communicator | None = None) -> Any:
+    """Root's ``x`` on every rank."""
+    return _c(comm).broadcast(x, root)
+
+
+def broadcast_object(obj: Any = None, root: int = 0, comm: Communicator | None = None) -> Any:
+    """Root's JSON-serialisable ``obj`` on every rank (no pickle)."""
+    return _c(comm).broadcast_object(obj, root)
+
+
+def allgather_object(obj: Any, comm: Communicator | None = None) -> list:
+    """Every rank's JSON-serialisable ``obj``."""
+    return _c(comm).allgather_object(obj)
+
+
+def barrier(comm: Communicator | None = None) -> None:
+    """Return once every rank arrived."""
+    _c(comm).barrier()
+
+
+def broadcast_variables(variables, root: int = 0, comm: Communicator | None = None) -> None:
+    """Give every rank ``root``'s values (call at start and after restoring a checkpoint);
+    every rank must pass the same count, names, shapes and dtypes (checked first)."""
+    _c(comm).broadcast_variables(list(variables), root)
+
+
+def broadcast_optimizer_state(optimizer, root: int = 0, comm: Communicator | None = None) -> None:
+    """Give every rank ``root``'s optimizer state (after a restore on ``root``)."""
+    _c(comm).broadcast_optimizer_state(optimizer, root)
+
+
+def average_metrics(metrics: dict, comm: Communicator | None = None) -> dict:
+    """Average float metrics over ranks (for logs), in one reduction."""
+    comm = _c(comm)
+    keys = sorted(metrics)
+    vals = comm.allreduce(np.array([float(metrics[k]) for k in keys]), op="average")
+    return dict(zip(keys, (float(v) for v in vals)))

@@ -1,0 +1,400 @@
+"""``MPICommunicator``: checked collectives over mpi4py, on a private duplicate of a communicator.
+
+Every collective first exchanges a :class:`~tapeflow.distributed.base.Signature` (one small
+``Iallgather``, the same MPI call whatever the collective), so ranks calling different
+collectives, or one with different sizes, dtypes, ops or roots, get a
+:class:`~tapeflow.distributed.faults.MismatchError` on every rank before any data moves; the
+data then travels by whichever path the agreed signature selects, identically on every rank
+(sizes straddling the shared-memory threshold cannot split the ranks). Every wait goes through
+the package's one wait loop (:class:`~tapeflow.distributed.faults.Waiter`).
+
+Like mpi4jax, the communicator duplicates ``COMM_WORLD``, so library traffic never matches the
+user's own messages. No pickle: arrays travel through mpi4py's buffer (uppercase) methods,
+objects as JSON bytes.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+
+from . import faults
+from .base import DTYPES as _DTYPE_LIST
+from .base import REDUCE_OPS as _OPS
+from .base import (
+    KINDS, Communicator, Layout, LeasePool, Reducer, Signature, check_dtype, check_op,
+    check_root, first_difference, json_bytes, json_load, mismatch_message, shape_crc, text_crc,
+    unwrap,
+)
+from .reducers import BucketReducer, SharedMemoryReducer, mpi_op, mpi_type
+from .faults import COMPUTING, EXITING, WAITING, MismatchError, StatusBoard, Waiter
+
+__all__ = ["MPICommunicator", "SHARED_MEMORY_ENV"]
+
+SHARED_MEMORY_ENV = "TAPEFLOW_SHARED_MEMORY"
+_KIND_CODE = {k: i + 1 for i, k in enumerate(KINDS)}
+_OPEN: list = []  # weak references to open MPI communicators, in creation order
+
+
+class _Agreement:
+    """A signature exchange in flight (the non-blocking form, for reducers)."""
+
+    __slots__ = ("request", "sigs", "mine", "error", "what")
+
+    def __init__(self, request, sigs, mine, error, what):
+        self.request, self.sigs, self.mine, self.error, self.what = (request, sigs, mine,
+                                                                     error, what)
+
+
+class MPICommunicator(Communicator):
+    """Checked collectives over mpi4py on a private duplicate of ``comm`` (default
+    ``COMM_WORLD``); creation is collective.
+
+    Reductions of at least 64 KiB run through a shared-memory window among the ranks of each
+    node, hierarchically across nodes (:mod:`tapeflow.distributed.shm`; 1.15-1.5x the MPI
+    library's ``Allreduce`` on one node for 2.68 MB, BENCHMARKS.md). ``shared_memory=False``
+    (or ``$TAPEFLOW_SHARED_MEMORY=0``) keeps everything in MPI; ``node_size`` groups ranks
+    ``rank // node_size`` as nodes instead of by shared memory. ``stall_warn`` /
+    ``stall_timeout`` override ``$TAPEFLOW_STALL_WARN`` / ``$TAPEFLOW_STALL_TIMEOUT``.
+    """
+
+    def __init__(self, *, comm: Any = None, shared_memory: bool | None = None,
+                 node_size: int | None = None, stall_warn: float | None = None,
+                 stall_timeout: float | None = None):
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self._comm = (MPI.COMM_WORLD if comm is None else comm).Dup()
+        self._rank, self._size = self._comm.Get_rank(), self._comm.Get_size()
+        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self._rank)
+        self._local_rank, self._local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+        self._board = StatusBoard(self._comm, KINDS)
+        self.waiter = Waiter(self._rank, self._size, self._board, stall_warn, stall_timeout)
+        self._seq = 0
+        self._pool = LeasePool()
+        self._owner: int | None = None      # the thread that calls collectives
+        self._busy = threading.Lock()
+        if shared_memory is None:
+            shared_memory = os.environ.get(SHARED_MEMORY_ENV, "1").strip().lower() not in (
+                "0", "false", "no", "off")
+        self._shm = None
+        if shared_memory and self._size > 1:
+            from .shm import SharedMemoryEngine
+
+            shm = SharedMemoryEngine(self._comm, self.waiter, node_size=node_size)
+            self._shm = shm if shm.enabled else None
+        _OPEN.append(weakref.ref(self))
+        if not faults.installed():  # safe by default, even without dist.init()
+            faults.install(self, faults.enabled_by_default())
+
+    rank = property(lambda self: self._rank, doc="Rank in ``COMM_WORLD`` (or ``comm``).")
+    size = property(lambda self: self._size, doc="Number of ranks.")
+    local_rank = property(lambda self: self._local_rank, doc="Rank among this node's ranks.")
+    local_size = property(lambda self: self._local_size, doc="Ranks on this node.")
+    backend = property(lambda self: "mpi", doc='``"mpi"``.')
+
+    @property
+    def shared_memory(self) -> bool:
+        """Whether large reductions go through the intra-node shared-memory window."""
+        return self._shm is not None
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last collective this rank entered on this communicator."""
+        return self._seq
+
+    def dup(self) -> "MPICommunicator":
+        """A new communicator over the same ranks (collective), e.g. one per thread."""
+        self._require_open()
+        return MPICommunicator(comm=self._comm, shared_memory=self._shm is not None,
+                               stall_warn=self.waiter.warn, stall_timeout=self.waiter.timeout)
+
+    # -- entry: one thread, open communicator -----------------------------------------------------
+    def _require_open(self) -> None:
+        if self._comm is None:
+            raise RuntimeError("this communicator was closed; call tapeflow.distributed.init()")
+
+    def _enter(self, what: str) -> None:
+        self._require_open()
+        me = threading.get_ident()
+        if self._owner is None:
+            self._owner = me
+        elif self._owner != me:
+            raise RuntimeError(
+                f"{what}: collectives on this communicator are called from thread "
+                f"{self._owner}; thread {me} ({threading.current_thread().name}) may not call "
+                "them (ranks could pair the threads' calls differently and mix their data). "
+                "Give each thread its own communicator: comm.dup() in the main thread")
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(f"{what}: a collective on this communicator is already running")
+
+    def _leave(self) -> None:
+        self._board.set_state(COMPUTING)
+        if self._busy.locked():
+            self._busy.release()
+
+    # -- signatures ----------------------------------------------------------------------------
+    def _agree_start(self, sig: Signature, error: Exception | None = None) -> _Agreement:
+        MPI = self._MPI
+        self._seq += 1
+        mine = Signature(**{**sig.__dict__, "seq": self._seq, "error": error is not None}
+                         ).encode()
+        self._board.publish(self._seq, _KIND_CODE[sig.kind], WAITING, sig.tag)
+        sigs = np.empty((self._size, mine.size), dtype=np.int64)
+        req = self._comm.Iallgather([mine, MPI.INT64_T], [sigs, MPI.INT64_T])
+        return _Agreement(req, sigs, mine, error, sig.kind)
+
+    def _agree_finish(self, a: _Agreement, may_abort: bool = True) -> np.ndarray:
+        self.waiter.wait(a.request.Test, a.what, self._seq, may_abort=may_abort)
+        if a.error is not None:
+            raise a.error
+        bad = first_difference(a.sigs, self._rank)
+        if bad is not None:
+            raise MismatchError(f"{a.what} #{self._seq} on rank {self._rank}: "
+                                + mismatch_message(a.sigs, bad))
+        return a.sigs
+
+    def _agree(self, sig: Signature, error: Exception | None = None) -> np.ndarray:
+        return self._agree_finish(self._agree_start(sig, error))
+
+    def _wait(self, request: Any, what: str) -> None:
+        self.waiter.wait(request.Test, what, self._seq)
+
+    def _collective(self, what: str, body: Callable[[], Any]) -> Any:
+        self._enter(what)
+        try:
+            return body()
+        finally:
+            self._leave()
+
+    # -- reductions --------------------------------------------------------------------------
+    def _reduce_into(self, work: np.ndarray, op: str, what: str) -> None:
+        """Reduce the C-contiguous ``work`` in place (after the ranks agreed on it)."""
+        if self._shm is not None and self._shm.eligible(work.nbytes, work.dtype):
+            self._shm.allreduce_([work], op)
+            return
+        MPI = self._MPI
+        acc = work.astype(np.float32) if work.dtype == np.float16 else work
+        if acc.size:
+            req = self._comm.Iallreduce(MPI.IN_PLACE, [acc, mpi_type(MPI, acc.dtype)],
+                                        op=mpi_op(MPI, op))
+            self._wait(req, what)
+        if op == "average":
+            np.multiply(acc, acc.dtype.type(1.0 / self._size), out=acc)
+        if acc is not work:
+            np.copyto(work, acc, casting="unsafe")
+
+    def allreduce(self, x: Any, op: str = "average") -> Any:
+        arr, rewrap = unwrap(x)
+
+        def body():
+            problem = check_op(op, arr.dtype, "allreduce")
+            error = TypeError(problem) if problem and "dtype" in problem else (
+                ValueError(problem) if problem else None)
+            self._agree(Signature("allreduce", op if op in _OPS else None, arr.dtype,
+                                  tuple(arr.shape)), error)
+            out = self._pool.take(arr.nbytes).view(arr.dtype).reshape(arr.shape)
+            np.copyto(out, arr)
+            self._reduce_into(out.reshape(-1), op, "allreduce")
+            return rewrap(out)
+
+        return self._collective("allreduce", body)
+
+    def grouped_allreduce(self, xs: list, op: str = "average") -> list:
+        """Reduce several arrays as one checked collective (fused into one buffer per dtype)."""
+        pairs = [unwrap(x) for x in xs]
+
+        def body():
+            problem = next((p for a, _ in pairs if (p := check_op(op, a.dtype,
+                                                                  "grouped_allreduce"))), None)
+            layout = repr([(a.dtype.str, a.shape) for a, _ in pairs])
+            self._agree(Signature("grouped_allreduce", op if op in _OPS else None,
+                                  count=sum(a.size for a, _ in pairs),
+                                  crc=text_crc(layout)),
+                        ValueError(problem) if problem else None)
+            out = []
+            for dtype in sorted({a.dtype for a, _ in pairs}, key=str):
+                members = [(i, a) for i, (a, _) in enumerate(pairs) if a.dtype == dtype]
+                total = sum(a.size for _, a in members)
+                flat = self._pool.take(total * dtype.itemsize).view(dtype)
+                off = 0
+                for _, a in members:
+                    flat[off:off + a.size] = a.reshape(-1)
+                    off += a.size
+                self._reduce_into(flat, op, "grouped_allreduce")
+                off = 0
+                for i, a in members:
+                    out.append((i, pairs[i][1](flat[off:off + a.size].reshape(a.shape))))
+                    off += a.size
+            return [r for _, r in sorted(out, key=lambda t: t[0])]
+
+        return self._collective("grouped_allreduce", body)
+
+    # -- gathers and broadcasts ------------------------------------------------------------------
+    def allgather(self, x: Any) -> list:
+        MPI = self._MPI
+        arr, rewrap = unwrap(x)
+        arr = np.ascontiguousarray(arr)
+
+        def body():
+            problem = check_dtype(arr.dtype, "allgather")
+            tail = tuple(arr.shape[1:]) if arr.ndim else None
+            self._agree(Signature("allgather", None, arr.dtype,
+                                  crc=shape_crc((arr.ndim, *(tail or ())))),
+                        TypeError(problem) if problem else None)
+            first = np.array([arr.shape[0] if arr.ndim else 1], dtype=np.int64)
+            firsts = np.empty(self._size, dtype=np.int64)
+            self._wait(self._comm.Iallgather([first, MPI.INT64_T], [firsts, MPI.INT64_T]),
+                       "allgather")
+            row = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
+            counts = [int(n) * row for n in firsts]
+            displs = [int(d) for d in np.cumsum([0] + counts[:-1])]
+            recv = np.empty(sum(counts), dtype=np.uint8)
+            self._wait(self._comm.Iallgatherv([arr.reshape(-1).view(np.uint8), MPI.BYTE],
+                                              [recv, (counts, displs), MPI.BYTE]), "allgather")
+            shapes = [(int(n), *arr.shape[1:]) if arr.ndim else () for n in firsts]
+            return [rewrap(recv[d:d + c].view(arr.dtype).reshape(s).copy())
+                    for d, c, s in zip(displs, counts, shapes)]
+
+        return self._collective("allgather", body)
+
+    def broadcast(self, x: Any = None, root: int = 0) -> Any:
+        MPI = self._MPI
+        root = check_root(root, self._size)
+        arr, rewrap = (None, lambda a: a) if x is None else unwrap(x)
+
+        def body():
+            error = None
+            if arr is None and self._rank == root:
+                error = ValueError(f"broadcast: the root rank {root} must pass an array, got None")
+            elif arr is not None and check_dtype(arr.dtype, "broadcast"):
+                error = TypeError(check_dtype(arr.dtype, "broadcast"))
+            sig = Signature("broadcast", None, None if arr is None else arr.dtype,
+                            None if arr is None else tuple(arr.shape), root=root)
+            self._agree(sig, error)
+            header = np.zeros(66, dtype=np.int64)
+            if self._rank == root:
+                header[0] = list(_DTYPE_LIST).index(arr.dtype)
+                header[1] = arr.ndim
+                header[2:2 + arr.ndim] = arr.shape
+            self._wait(self._comm.Ibcast([header, MPI.INT64_T], root=root), "broadcast")
+            dtype, shape = _DTYPE_LIST[int(header[0])], tuple(int(d) for d in
+                                                             header[2:2 + header[1]])
+            data = (np.array(arr, order="C", copy=True) if self._rank == root
+                    else np.empty(shape, dtype))
+            if data.nbytes:
+                self._wait(self._comm.Ibcast([data.reshape(-1).view(np.uint8), MPI.BYTE],
+                                             root=root), "broadcast")
+            return rewrap(data)
+
+        return self._collective("broadcast", body)
+
+    def allgather_object(self, obj: Any) -> list:
+        MPI = self._MPI
+
+        def body():
+            try:
+                data, error = json_bytes(obj), None
+            except (TypeError, ValueError) as exc:  # still take part, so no rank hangs
+                data, error = np.zeros(0, dtype=np.uint8), TypeError(
+                    f"allgather_object: the object is not JSON-serialisable: {exc}")
+            self._agree(Signature("allgather_object"), error)
+            length = np.array([data.size], dtype=np.int64)
+            lengths = np.empty(self._size, dtype=np.int64)
+            self._wait(self._comm.Iallgather([length, MPI.INT64_T], [lengths, MPI.INT64_T]),
+                       "allgather_object")
+            counts = [int(n) for n in lengths]
+            displs = [int(d) for d in np.cumsum([0] + counts[:-1])]
+            recv = np.empty(sum(counts), dtype=np.uint8)
+            self._wait(self._comm.Iallgatherv([data, MPI.BYTE], [recv, (counts, displs),
+                                                                 MPI.BYTE]), "allgather_object")
+            return [json_load(recv[d:d + c]) for d, c in zip(displs, counts)]
+
+        return self._collective("allgather_object", body)
+
+    def broadcast_object(self, obj: Any = None, root: int = 0) -> Any:
+        MPI = self._MPI
+        root = check_root(root, self._size)
+
+        def body():
+            data, error = np.zeros(0, dtype=np.uint8), None
+            if self._rank == root:
+                try:
+                    data = json_bytes(obj)
+                except (TypeError, ValueError) as exc:
+                    error = TypeError(f"broadcast_object: the root's object is not "
+                                      f"JSON-serialisable: {exc}")
+            self._agree(Signature("broadcast_object", root=root), error)
+            length = np.array([data.size], dtype=np.int64)
+            self._wait(self._comm.Ibcast([length, MPI.INT64_T], root=root), "broadcast_object")
+            if self._rank != root:
+                data = np.empty(int(length[0]), dtype=np.uint8)
+            self._wait(self._comm.Ibcast([data, MPI.BYTE], root=root), "broadcast_object")
+            return json_load(data)
+
+        return self._collective("broadcast_object", body)
+
+    def barrier(self) -> None:
+        # the signature exchange is an all-to-all synchronisation: it is the barrier
+        def body() -> None:
+            self._agree(Signature("barrier"))
+
+        self._collective("barrier", body)
+
+    # -- gradient reduction ------------------------------------------------------------------
+    def reducer(self, layout: Layout, op: str = "average", *,
+                check_finite: bool = False) -> Reducer:
+        problem = next((p for d, _ in layout.buckets if (p := check_op(op, np.dtype(d),
+                                                                       "reducer"))), None)
+        if problem:
+            raise ValueError(problem)
+        dtypes = {np.dtype(d) for d, _ in layout.buckets}
+        if (self._shm is not None and len(dtypes) == 1
+                and self._shm.eligible(sum(layout.nbytes), dtypes.pop())):
+            return SharedMemoryReducer(self, layout, op, check_finite)
+        return BucketReducer(self, layout, op, check_finite)
+
+    # -- closing ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the windows and the duplicated communicator (collective)."""
+        if self._comm is None:
+            return
+        faults.forget(self)
+        self._free()
+
+    def _free(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
+        self._board.close()
+        self._pool.clear()
+        comm, self._comm = self._comm, None
+        comm.Free()
+
+    def _exit_rendezvous(self) -> None:
+        """Every rank's last collective: the ranks agree that they all finished, then every
+        open communicator is freed (safe: every rank is here). A rank still calling another
+        collective makes this a MismatchError (the caller aborts the job)."""
+        if self._comm is None:
+            return
+        self._owner = threading.get_ident()  # the exit runs on the main thread
+        self._board.publish(self._seq + 1, _KIND_CODE["exit"], EXITING)
+        self._agree_finish(self._agree_start(Signature("exit")), may_abort=False)
+        _close_all_open()
+
+    def _exit_close(self, clean: bool) -> None:
+        if clean:
+            _close_all_open()
+
+
+def _close_all_open() -> None:
+    for ref in list(_OPEN):
+        c = ref()
+        if c is not None and c._comm is not None:
+            c._free()
+    _OPEN.clear()
+

@@ -1,0 +1,175 @@
+"""Gradient reducers of the MPI communicator: bucketed non-blocking MPI, and shared memory.
+
+Both follow :class:`~tapeflow.distributed.base.Reducer`'s protocol (start, ready, finish) and
+both check the layout first: ``start`` posts the signature exchange without blocking, and it is
+completed before the first byte of gradient data is combined, so ranks reducing different
+layouts (or at different steps, or one rank reducing while another does something else) get a
+``MismatchError`` on every rank, never garbage.
+
+The arrays ``start`` hands out are the caller's: leases from the communicator's pool (reused at
+the same address only once the caller dropped them) or, on the shared-memory path, a lease of
+this rank's shared slot when the previous one is no longer held.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Layout, Reducer, Signature
+
+__all__ = ["BucketReducer", "SharedMemoryReducer"]
+
+
+def mpi_type(MPI, dtype: np.dtype):
+    """The MPI datatype that reduces ``dtype``."""
+    return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE,
+            np.dtype(np.int32): MPI.INT32_T, np.dtype(np.int64): MPI.INT64_T}[np.dtype(dtype)]
+
+
+def mpi_op(MPI, op: str):
+    """The MPI reduction for ``op`` (``average`` is a sum, scaled afterwards)."""
+    return {"max": MPI.MAX, "min": MPI.MIN, "product": MPI.PROD}.get(op, MPI.SUM)
+
+
+def _check_signature(layout: Layout, op: str, tag: int) -> Signature:
+    return Signature("reduce_gradients", op, None, count=layout.count, crc=layout.crc, tag=tag)
+
+
+def _finite(bufs: list) -> bool:
+    return all(bool(np.isfinite(b).all()) for b in bufs if b.dtype.kind == "f")
+
+
+class BucketReducer(Reducer):
+    """One non-blocking ``Iallreduce`` per bucket, launched in bucket order as soon as the
+    bucket is ready, so communication can overlap the rest of the backward sweep (how much
+    MPI advances meanwhile is the library's business: MPICH on CPUs advances it only inside
+    MPI calls). float16 buckets are reduced in float32 (MPI has no float16 arithmetic)."""
+
+    path = "mpi"
+
+    def __init__(self, comm: Any, layout: Layout, op: str, check_finite: bool):
+        super().__init__(layout, op, check_finite)
+        self._comm = comm
+        self._bufs: list = []
+        self._agreement = None
+
+    def start(self, tag: int = 0) -> list:
+        c = self._comm
+        c._enter("reduce_gradients")
+        try:
+            self._agreement = c._agree_start(_check_signature(self.layout, self.op, tag))
+            self._bufs = [c._pool.take(n).view(d)
+                          for (d, _), n in zip(self.layout.buckets, self.layout.nbytes)]
+        except BaseException:
+            c._leave()
+            raise
+        self._ready = [False] * len(self._bufs)
+        self._work: list = [None] * len(self._bufs)
+        self._requests: list = []
+        self._launched = 0
+        return self._bufs
+
+    def ready(self, bucket: int) -> None:
+        self._ready[bucket] = True
+        self._launch_ready()
+
+    def _launch_ready(self) -> None:
+        c = self._comm
+        MPI = c._MPI
+        while self._launched < len(self._bufs) and self._ready[self._launched]:
+            if self._agreement is not None:  # the check completes before any data moves
+                agreement, self._agreement = self._agreement, None
+                self._fail_safe(c._agree_finish, agreement)
+            i = self._launched
+            buf = self._bufs[i]
+            work = buf.astype(np.float32) if buf.dtype == np.float16 else buf
+            self._work[i] = work
+            if work.size:
+                self._requests.append(c._comm.Iallreduce(
+                    MPI.IN_PLACE, [work, mpi_type(MPI, work.dtype)], op=mpi_op(MPI, self.op)))
+            self._launched += 1
+
+    def cancel(self) -> None:
+        if self._bufs:
+            self._bufs, self._work, self._agreement = [], [], None
+            self._comm._leave()
+
+    def _fail_safe(self, fn, *args):
+        try:
+            return fn(*args)
+        except BaseException:
+            self.cancel()
+            raise
+
+    def finish(self) -> bool | None:
+        c = self._comm
+        self._ready = [True] * len(self._bufs)
+        self._launch_ready()
+        requests = self._requests
+        MPI = c._MPI
+        if requests:
+            self._fail_safe(c.waiter.wait, lambda: MPI.Request.Testall(requests),
+                            "reduce_gradients", c.seq)
+        self._requests = []
+        scale = 1.0 / c.size
+        for buf, work in zip(self._bufs, self._work):
+            if self.op == "average":
+                np.multiply(work, work.dtype.type(scale), out=work)
+            if work is not buf:
+                np.copyto(buf, work, casting="unsafe")
+        c._leave()
+        bufs, self._bufs, self._work = self._bufs, [], []
+        return _finite(bufs) if self.check_finite else None
+
+
+class SharedMemoryReducer(Reducer):
+    """All buckets in one blocking reduction through the node's shared-memory window, after
+    the sweep: a shared-memory reduction is CPU work that would only compete with the sweep.
+    When this rank's shared slot is free the buckets are packed straight into it (no copy in,
+    results read back in place); averaging and the finiteness test happen while reducing."""
+
+    path = "shared-memory"
+
+    def __init__(self, comm: Any, layout: Layout, op: str, check_finite: bool):
+        super().__init__(layout, op, check_finite)
+        self._comm = comm
+        self._bufs: list = []
+        self._agreement = None
+
+    def start(self, tag: int = 0) -> list:
+        c = self._comm
+        c._enter("reduce_gradients")
+        try:
+            self._agreement = c._agree_start(_check_signature(self.layout, self.op, tag))
+            nbytes = self.layout.nbytes
+            whole = c._shm.lend(sum(nbytes))
+            if whole is None:
+                self._bufs = [c._pool.take(n).view(d)
+                              for (d, _), n in zip(self.layout.buckets, nbytes)]
+            else:
+                bufs, off = [], 0
+                for (d, _), n in zip(self.layout.buckets, nbytes):
+                    bufs.append(whole[off:off + n].view(d))
+                    off += n
+                self._bufs = bufs
+        except BaseException:
+            c._leave()
+            raise
+        return self._bufs
+
+    def cancel(self) -> None:
+        if self._bufs:
+            self._bufs, self._agreement = [], None
+            self._comm._leave()
+
+    def finish(self) -> bool | None:
+        c = self._comm
+        try:
+            agreement, self._agreement = self._agreement, None
+            c._agree_finish(agreement)
+            finite = c._shm.allreduce_(self._bufs, self.op, check_finite=self.check_finite)
+        finally:
+            c._leave()
+            self._bufs = []
+        return finite
