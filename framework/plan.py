@@ -1,0 +1,350 @@
+"""A trace compiled into a static plan: kernel calls on preallocated buffers, as one function.
+
+``compile_plan(tracer, output_slots)`` turns the nodes of a :class:`trace.Tracer` into a
+:class:`Plan`. Compilation:
+
+1. drops nodes whose results nothing uses (dead code), keeping every state change;
+2. groups each view (reshape, transpose, broadcast_to, basic indexing, identity) with the
+   array it views, so a buffer lives as long as any view of it;
+3. gives every elementwise op, matmul, sum and cast an output buffer, allocated once:
+   in place in an input that dies at that op (so ``matmul -> + bias -> relu`` runs in one
+   buffer), else a buffer of the same shape and dtype freed earlier (reuse by liveness),
+   else a new one; views of buffers are made once, at compile time;
+4. writes the list of kernel calls out as the source of one Python function and compiles
+   it: a replay is one call with no per-op dispatch, no Tensor objects and, for the ops
+   above, no allocation.
+
+The same list (``Plan.steps``) is what a device backend would capture whole (a CUDA graph):
+every buffer address is fixed at compile time except the inputs and the Variables' arrays.
+Ops without an ``out=`` kernel run as they do eagerly and allocate their result.
+"""
+from __future__ import annotations
+
+import functools
+import operator
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from . import nest
+from . import primitives as P
+from .tensor import Tensor
+
+__all__ = ["Plan", "compile_plan"]
+
+# Elementwise forwards with an ``out=`` form that computes bit-identical results.
+_UFUNCS: dict[Any, Any] = {
+    operator.add: np.add, operator.sub: np.subtract, operator.mul: np.multiply,
+    operator.truediv: np.divide, operator.pow: np.power,
+}
+_PRIM_UFUNCS = {
+    "maximum": np.maximum, "minimum": np.minimum, "negative": np.negative, "exp": np.exp,
+    "log": np.log, "log1p": np.log1p, "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
+    "sqrt": np.sqrt, "abs": np.absolute, "square": np.square, "sign": np.sign,
+}
+_VIEWS = {"reshape", "transpose", "broadcast_to", "getitem"}
+# Derived (no-gradient) functions with an ``out=`` kernel: registered by the modules that
+# define them, ``fn -> kernel(out, *arrays, **params)``.
+OUT_KERNELS: dict[Callable, Callable] = {
+    operator.ge: np.greater_equal, operator.gt: np.greater, operator.le: np.less_equal,
+    operator.lt: np.less, P._positive: lambda a, out: np.greater(a, 0, out=out),
+}
+
+
+def _xent_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
+                 shared: dict) -> Callable:
+    """Sparse softmax cross-entropy forward into ``out=``, with its temporaries made once;
+    the same operations as the eager forward, so the same bits. Its ``exp(z)`` and row sums
+    stay for the gradient kernel of the same logits and labels."""
+    (shape, dt), (yshape, _) = metas
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    m = np.empty(shape[:-1] + (1,), dt)
+    z, e = np.empty(shape, dt), np.empty(shape, dt)
+    s, picked = np.empty(shape[:-1], dt), np.empty(rows, dt)
+    base, idx = np.arange(rows) * shape[-1], np.empty(rows, np.intp)
+    zflat, picked_v = z.reshape(-1), picked.reshape(shape[:-1])
+    shared[("softmax",) + ins] = (e, s.reshape(shape[:-1] + (1,)))
+
+    def kernel(lv, labels, out):
+        np.maximum.reduce(lv, axis=-1, keepdims=True, out=m)
+        np.subtract(lv, m, out=z)
+        np.exp(z, out=e)
+        np.add.reduce(e, axis=-1, out=s)
+        np.log(s, out=out)
+        np.add(base, labels.reshape(-1), out=idx)
+        np.take(zflat, idx, out=picked)
+        np.subtract(out, picked_v, out=out)
+    return kernel
+
+
+def _softmax_grad_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
+                         shared: dict) -> Callable:
+    """``softmax(logits) - onehot(labels)`` into ``out=`` (the fused loss gradient); from the
+    forward kernel's ``exp(z)`` and row sums when the plan computed the loss of these logits
+    (the same values the eager rule recomputes)."""
+    (shape, dt), _ = metas
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    m, total = np.empty(shape[:-1] + (1,), dt), np.empty(shape[:-1] + (1,), dt)
+    picked, base, idx = np.empty(rows, dt), np.arange(rows) * shape[-1], np.empty(rows, np.intp)
+    fwd = shared.get(("softmax",) + ins)
+
+    def kernel(lv, labels, out):
+        if fwd is None:
+            np.maximum.reduce(lv, axis=-1, keepdims=True, out=m)
+            np.subtract(lv, m, out=out)
+            np.exp(out, out=out)
+            np.add.reduce(out, axis=-1, keepdims=True, out=total)
+            np.divide(out, total, out=out)
+        else:
+            np.divide(fwd[0], fwd[1], out=out)
+        flat = out.reshape(-1)
+        np.add(base, labels.reshape(-1), out=idx)
+        np.take(flat, idx, out=picked)
+        np.subtract(picked, 1, out=picked)
+        np.put(flat, idx, picked)
+    return kernel
+
+
+# Kernels with temporaries: ``factory(input_metas, out_meta, params, in_slots, shared)``.
+FACTORIES: dict[Any, Callable] = {
+    "sparse_softmax_cross_entropy": _xent_kernel,
+    P._softmax_minus_onehot: _softmax_grad_kernel,
+}
+
+
+def _is_view_node(node) -> bool:
+    prim, fn, params = node[1], node[2], node[4]
+    if prim is None:
+        return getattr(fn, "_tp_view", False)
+    if prim.name == "getitem":
+        index = params["index"]
+        return not any(not isinstance(i, (int, slice, type(None), type(Ellipsis)))
+                       for i in index)
+    return prim.name in _VIEWS
+
+
+def _out_kernel(node, metas: list, shared: dict):
+    """``(callable, in-place allowed)`` writing the node's result into ``out=``, or None."""
+    prim, fn, params = node[1], node[2], node[4]
+    factory = FACTORIES.get(fn if prim is None else prim.name)
+    if factory is not None:
+        return factory([metas[s] for s in node[3]], metas[node[5]], params, node[3],
+                       shared), False
+    if prim is None:
+        k = OUT_KERNELS.get(fn)
+        return (functools.partial(k, **params) if params else k, False) if k else None
+    uf = _UFUNCS.get(fn) or _PRIM_UFUNCS.get(prim.name)
+    if uf is not None and not params:
+        return uf, True
+    if prim.name == "relu":
+        return (lambda x, out: np.maximum(x, 0, out=out)), True
+    if prim.name == "matmul":
+        return np.matmul, False
+    if prim.name == "reduce_sum":  # what ndarray.sum runs, without its Python wrapper
+        return functools.partial(np.add.reduce, axis=params["axis"],
+                                 keepdims=params["keepdims"]), False
+    if prim.name == "cast":
+        return (lambda x, out: np.copyto(out, x, casting="unsafe")), False
+    return None
+
+
+class Plan:
+    """A compiled trace: ``run(*input_arrays) -> tuple of output arrays``."""
+
+    def __init__(self, run: Callable, source: str, steps: list, buffers: list):
+        self.run = run
+        self.source = source
+        self.steps = steps
+        self.buffers = buffers
+
+    @property
+    def buffer_bytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers)
+
+
+def _live_nodes(nodes: list, outputs: list) -> list[bool]:
+    needed = set(outputs)
+    keep = [False] * len(nodes)
+    for n in range(len(nodes) - 1, -1, -1):
+        node = nodes[n]
+        kind = node[0]
+        if kind == "op":
+            if node[5] in needed:
+                keep[n] = True
+                needed.update(node[3])
+        elif kind == "read":
+            keep[n] = node[2] in needed
+        elif kind == "assign":
+            keep[n] = True
+            needed.add(node[3])
+        else:  # call
+            keep[n] = True
+            needed.update(s for _, s in node[4])
+    return keep
+
+
+def compile_plan(tr, outputs: list) -> Plan:
+    """Compile tracer ``tr``'s nodes into a :class:`Plan` returning the ``outputs`` slots."""
+    nodes = [n for n, k in zip(tr.nodes, _live_nodes(tr.nodes, outputs)) if k]
+    end_all = len(nodes)
+    nslots = len(tr.meta)
+    last = [-1] * nslots
+    parent = list(range(nslots))  # view -> viewed slot
+    for n, node in enumerate(nodes):
+        ins = node[3] if node[0] == "op" else (node[3],) if node[0] == "assign" else \
+            tuple(s for _, s in node[4]) if node[0] == "call" else ()
+        for s in ins:
+            last[s] = n
+        if node[0] == "op" and _is_view_node(node):
+            parent[node[5]] = node[3][0]
+    for s in outputs:
+        last[s] = end_all
+
+    def root(s: int) -> int:
+        while parent[s] != s:
+            s = parent[s]
+        return s
+    group_end: dict[int, int] = {}
+    for s in range(nslots):
+        r = root(s)
+        group_end[r] = max(group_end.get(r, -1), last[s])
+
+    ns: dict[str, Any] = {"np": np, "_Tensor": Tensor}
+    shared: dict = {}                            # state kernels share (a loss and its gradient)
+    static: dict[int, Any] = dict(tr.const)      # slot -> array known at compile time
+    buf_of: dict[int, int] = {}                  # group root -> buffer index
+    buffers: list = []
+    busy: list[int] = []                         # buffer index -> node index it is free after
+    lines: dict[int, str] = {}                # node index -> its line of source
+    steps: list = []
+
+    def ref(s: int) -> str:
+        return f"a{s}" if s in static else f"s{s}"
+
+    def take_buffer(slot: int, n: int, inplace_from) -> int:
+        shape, dtype = tr.meta[slot]
+        for i in inplace_from:
+            r = root(i)
+            if i == r and r in buf_of and group_end[r] == n and tr.meta[i] == (shape, dtype) \
+                    and sum(root(j) == r for j in nodes[n][3]) == 1:
+                return buf_of[r]
+        for b, arr in enumerate(buffers):
+            if busy[b] < n and arr.shape == shape and arr.dtype == dtype:
+                return b
+        buffers.append(np.empty(shape, dtype))
+        busy.append(-1)
+        return len(buffers) - 1
+
+    for n, node in enumerate(nodes):
+        kind = node[0]
+        if kind == "read":
+            var, slot = node[1], node[2]
+            ns[f"v{slot}"] = var
+            lines[n] = f"s{slot} = v{slot}._value"
+            steps.append(("read", var, slot))
+            continue
+        if kind == "assign":
+            _, var, method, slot = node
+            ns[f"k{n}"] = _assign_kernel(var, method)
+            lines[n] = f"k{n}({ref(slot)})"
+            steps.append(("assign", var, method, slot))
+            continue
+        if kind == "call":
+            _, fn, args, kwargs, slot_leaves = node
+            ns[f"k{n}"] = _call_kernel(fn, args, kwargs, slot_leaves)
+            lines[n] = f"k{n}({', '.join(ref(s) for _, s in slot_leaves)})"
+            steps.append(("call", fn, tuple(s for _, s in slot_leaves)))
+            continue
+        _, prim, fn, ins, params, out = node
+        args = ", ".join(ref(s) for s in ins)
+        if _is_view_node(node):
+            kernel = functools.partial(fn, **params) if params else fn
+            if all(s in static for s in ins):
+                arr = kernel(*[static[s] for s in ins])
+                if np.shares_memory(arr, static[ins[0]]):
+                    static[out] = arr
+                    ns[f"a{out}"] = arr
+                    steps.append(("view", prim, ins, out))
+                    continue
+            ns[f"f{n}"] = kernel
+            lines[n] = f"s{out} = f{n}({args})"
+            steps.append(("view", prim, ins, out))
+            continue
+        ok = _out_kernel(node, tr.meta, shared)
+        if ok is None:
+            ns[f"f{n}"] = functools.partial(fn, **params) if params else fn
+            lines[n] = f"s{out} = f{n}({args})"
+            steps.append(("alloc", prim or fn, ins, out))
+            continue
+        kernel, inplace = ok
+        b = take_buffer(out, n, ins if inplace else ())
+        buf_of[out] = b
+        busy[b] = group_end[out]
+        static[out] = buffers[b]
+        ns[f"a{out}"] = buffers[b]
+        ns[f"f{n}"] = kernel
+        lines[n] = f"f{n}({args}, out=a{out})"
+        steps.append(("kernel", prim or fn, ins, out, b))
+    # Outputs living in a buffer (overwritten by the next replay) or in a Variable's array
+    # (changed by the next update) are returned as copies.
+    copy_out = {s for s in outputs if root(s) in buf_of or tr.kind[root(s)] == "read"}
+    body_lines = _release_dynamic(lines, nodes, last, static)
+    params_src = ", ".join(f"s{s}" for s in tr.inputs)
+    outs = ", ".join((f"{ref(s)}.copy()" if s in copy_out else ref(s)) for s in outputs)
+    body = "\n    ".join(body_lines) or "pass"
+    source = f"def _plan({params_src}):\n    {body}\n    return ({outs}{',' if outs else ''})\n"
+    for s, arr in static.items():
+        ns.setdefault(f"a{s}", arr)
+    exec(compile(source, "<tp.function plan>", "exec"), ns)
+    return Plan(ns["_plan"], source, steps, buffers)
+
+
+def _release_dynamic(lines: dict, nodes: list, last: list, static: dict) -> list:
+    """The plan's lines in order, with ``del sN`` after the last use of each dynamic slot that
+    a later state change (assign, optimizer call) follows: a Variable's array read earlier must
+    not be referenced when it is updated, or the copy-on-write update would allocate anew."""
+    changes = [n for n, node in enumerate(nodes) if node[0] in ("assign", "call")]
+    final = changes[-1] if changes else -1
+    dels: dict[int, list] = {}
+    for s, n in enumerate(last):
+        if 0 <= n < final and s not in static:
+            dels.setdefault(n, []).append(s)
+    out = []
+    for n in range(len(nodes)):
+        if n in lines:
+            out.append(lines[n])
+        names = [f"s{s}" for s in dels.get(n, ())]
+        if names:
+            out.append(f"del {', '.join(names)}")
+    return out
+
+
+def _assign_kernel(var, method: str) -> Callable:
+    def assign(a) -> None:
+        v = var._value
+        if a.dtype != v.dtype:
+            a = a.astype(v.dtype)
+        if method == "assign_add":
+            var._add_(a)
+        elif method == "assign_sub":
+            var._subtract_(a)
+        elif sys.getrefcount(v) <= 3 and v.shape == a.shape:  # var._value, v, the argument
+            np.copyto(v, a)
+        else:
+            var._value = a.copy()
+    return assign
+
+
+def _call_kernel(fn: Callable, args: tuple, kwargs: dict, slot_leaves: list) -> Callable:
+    structure = [args, kwargs]
+    leaves = nest.flatten(structure)
+    where = [i for i, _ in slot_leaves]
+
+    def call(*arrays) -> None:
+        new = list(leaves)
+        for i, a in zip(where, arrays):
+            new[i] = Tensor(a)
+        a2, k2 = nest.pack_as(structure, new)
+        fn(*a2, **k2)
+    return call

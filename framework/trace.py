@@ -1,0 +1,160 @@
+"""The tracer behind ``tp.function``: run a Python function once, record a flat list of nodes.
+
+While a :class:`Tracer` sits on ``tensor._TRACE`` every primitive application and every
+:func:`recording.derived` value is reported to it (:meth:`Tracer.node`); Variable reads,
+``Variable.assign*`` and calls marked :func:`replayed` (``Optimizer.apply_gradients``) become
+nodes too. A tensor is *traced* when it depends on an input or a Variable; everything else
+is a constant captured by value (as TensorFlow captures eager tensors).
+
+The trace is dry: values are computed (the tracer needs their shapes, and rules read them),
+but state changes -- assignments, optimizer steps -- are only recorded. The first call then
+runs the compiled plan, so the Python function's side effects happen at trace time and the
+state changes exactly once per call, as in TensorFlow.
+
+Node kinds (tuples, first field the kind):
+
+* ``("op", prim, fn, in_slots, params, out_slot)`` -- ``prim`` is None for derived values;
+* ``("read", var, out_slot)`` -- the Variable's current array;
+* ``("assign", var, method_name, in_slot)`` -- ``assign`` / ``assign_add`` / ``assign_sub``;
+* ``("call", fn, args, kwargs, slot_leaves)`` -- re-run ``fn`` with the traced Tensor leaves of
+  ``args`` rebuilt from ``slot_leaves`` (a list of ``(leaf_index, slot)``).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+
+from . import nest
+from .tensor import _TRACE, Tensor, Variable
+
+__all__ = ["Tracer", "TraceError", "replayed"]
+
+
+class TraceError(TypeError):
+    """Something a traced function does that a static plan cannot replay."""
+
+
+class Tracer:
+    """Records one trace; see the module docstring."""
+
+    def __init__(self, allow_variables: bool, name: str):
+        self.allow_variables = allow_variables
+        self.name = name
+        self.nodes: list[tuple] = []
+        self.meta: list[tuple] = []         # slot -> (shape, dtype)
+        self.kind: list[str] = []           # slot -> "input" | "const" | "op" | "read"
+        self.const: dict[int, Any] = {}     # slot -> captured array
+        self.slot_of: dict[int, int] = {}   # tensor id -> slot
+        self.var_ids: set[int] = set()
+        self.created: list[Variable] = []
+        self.inputs: list[int] = []
+        self.arrays: dict[int, Any] = {}    # id -> traced array (to spot them in params)
+
+    # -- slots ------------------------------------------------------------------------------
+    def _new(self, value, kind: str) -> int:
+        slot = len(self.meta)
+        self.meta.append((value.shape, value.dtype))
+        self.kind.append(kind)
+        if kind != "const":
+            self.arrays[id(value)] = value  # kept alive: ids of traced arrays stay unique
+        return slot
+
+    def add_input(self, t: Tensor) -> None:
+        slot = self._new(t._value, "input")
+        self.slot_of[t._id] = slot
+        self.inputs.append(slot)
+
+    def is_traced(self, t: Tensor) -> bool:
+        """Whether ``t``'s value depends on an input or a Variable (not a plain constant)."""
+        if isinstance(t, Variable):
+            return True
+        slot = self.slot_of.get(t._id)
+        return slot is not None and self.kind[slot] != "const"
+
+    def slot(self, t: Tensor) -> int:
+        """The slot of ``t``: traced, a Variable read (recorded now), or a captured constant."""
+        slot = self.slot_of.get(t._id)
+        if slot is not None:
+            return slot
+        if isinstance(t, Variable) or t._id in self.var_ids:
+            var = t if isinstance(t, Variable) else None
+            if var is None:
+                raise TraceError(f"{self.name}: a saved value of a Variable was read after the "
+                                 "Variable changed; tp.function cannot replay that")
+            self.var_ids.add(var._id)
+            slot = self._new(var._value, "read")
+            self.nodes.append(("read", var, slot))
+        else:
+            slot = self._new(t._value, "const")
+            self.const[slot] = t._value
+        self.slot_of[t._id] = slot
+        return slot
+
+    # -- hooks called by recording, Tensor and Variable -------------------------------------
+    def node(self, prim, fn: Callable, args, params: dict, out: Tensor) -> None:
+        if not any(self.is_traced(a) for a in args):
+            return  # constant folding: the output is captured by value if used later
+        for v in params.values():
+            for leaf in (v if isinstance(v, tuple) else (v,)):
+                if isinstance(leaf, np.ndarray) and id(leaf) in self.arrays:
+                    raise TraceError(f"{self.name}: {getattr(prim, 'name', fn.__name__)} takes "
+                                     "a traced tensor as a static parameter (an index array); "
+                                     "tp.function cannot replay it")
+        ins = tuple(self.slot(a) for a in args)
+        slot = self._new(out._value, "op")
+        self.slot_of[out._id] = slot
+        self.nodes.append(("op", prim, fn, ins, params, slot))
+
+    def concrete(self, t: Tensor, what: str) -> None:
+        """Refuse to turn a traced tensor into a Python value (control flow on it)."""
+        if self.is_traced(t):
+            raise TraceError(
+                f"{self.name}: {what} of a traced tp.Tensor (shape {t.shape}, dtype {t.dtype}) "
+                "is not allowed inside tp.function: Python control flow or conversion on a "
+                "tensor's value would be frozen into the trace. Use tp.where / tensor ops, or "
+                "pass the value as a Python argument (each value then gets its own trace)")
+
+    def on_variable(self, var: Variable) -> None:
+        if not self.allow_variables:
+            raise ValueError(
+                f"{self.name}: tp.function only supports creating tp.Variables on the first "
+                f"trace; this retrace created {var.name!r}. Create variables outside the "
+                "function or on its first call only")
+        self.created.append(var)
+
+    def on_assign(self, var: Variable, value, method: str) -> Variable:
+        t = value if isinstance(value, Tensor) else Tensor(var._checked(value, method))
+        if t.shape != var.shape:
+            var._checked(t._value, method)  # raises the shape error
+        slot = self.slot(t)
+        self.nodes.append(("assign", var, method, slot))
+        self.slot_of.pop(var._id, None)  # later reads see the new value
+        return var
+
+    def call(self, fn: Callable, args: tuple, kwargs: dict):
+        args = tuple(list(a) if _is_iterator(a) else a for a in args)
+        leaves = nest.flatten([args, kwargs])
+        slot_leaves = [(i, self.slot(leaf)) for i, leaf in enumerate(leaves)
+                       if isinstance(leaf, Tensor) and not isinstance(leaf, Variable)]
+        self.nodes.append(("call", fn, args, kwargs, slot_leaves))
+        # The call may change any Variable: later reads record a fresh read.
+        for vid in list(self.var_ids):
+            self.slot_of.pop(vid, None)
+        return None
+
+
+def _is_iterator(a) -> bool:
+    return hasattr(a, "__next__") and not isinstance(a, (Tensor, list, tuple, dict))
+
+
+def replayed(fn: Callable) -> Callable:
+    """Mark a stateful method (``Optimizer.apply_gradients``) for ``tp.function``: traced, the
+    call is recorded, not run, and each replay runs it with that step's tensors."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if _TRACE:
+            return _TRACE[-1].call(fn, args, kwargs)
+        return fn(*args, **kwargs)
+    return wrapper
