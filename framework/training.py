@@ -12,7 +12,9 @@ import json
 import math
 import os
 import signal
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,32 +33,20 @@ __all__ = ["Trainer", "EpochResult", "Interrupted", "sync_variables", "sync_opti
 
 
 def sync_variables(variables, comm, root: int = 0) -> None:
-    """Assign ``root``'s value of each Variable on every rank of ``comm``."""
-    if comm.size == 1:
-        return
-    for v in variables:
-        v.assign(comm.broadcast(v._value, root=root))
+    """Assign ``root``'s value of each Variable on every rank of ``comm`` (the communicator
+    checks first that every rank passes the same variables)."""
+    if comm.size > 1:
+        comm.broadcast_variables(list(variables), root)
 
 
 def sync_optimizer_state(optimizer, comm, root: int = 0) -> None:
-    """Give every rank ``root``'s optimizer state (arrays broadcast, scalars as JSON)."""
-    if comm.size == 1:
-        return
-    state = optimizer.get_state() if comm.rank == root else None
-    scalars = comm.broadcast_json(
-        None if state is None else {k: v for k, v in state.items() if not hasattr(v, "shape")},
-        root=root)
-    names = comm.broadcast_json(
-        None if state is None else sorted(k for k, v in state.items() if hasattr(v, "shape")),
-        root=root)
-    arrays = {k: comm.broadcast(state[k] if state is not None else None, root=root)
-              for k in names}
-    if comm.rank != root:
-        optimizer.set_state({**scalars, **arrays})
+    """Give every rank ``root``'s optimizer state (checked by the communicator first)."""
+    if comm.size > 1:
+        comm.broadcast_optimizer_state(optimizer, root)
 
 
 class Interrupted(Exception):
-    """Raised by :meth:`Trainer.fit` after SIGINT/SIGTERM, once a checkpoint is saved."""
+    """Raised by :meth:`Trainer.fit` after SIGINT/SIGTERM/SIGHUP, once a checkpoint is saved."""
 
     def __init__(self, signum: int, checkpoint: Path | None):
         self.signum = signum
@@ -84,7 +74,10 @@ class _NoComm:
     def allreduce(self, x, op="sum"):
         return x
 
-    def broadcast_json(self, obj=None, root=0):
+    def broadcast(self, x=None, root=0):
+        return x
+
+    def broadcast_object(self, obj=None, root=0):
         return obj
 
 
@@ -94,6 +87,12 @@ class Trainer:
 
     ``gradient_tape`` builds the tape (a ``DistributedGradientTape`` factory under MPI) and
     ``comm`` is used for metrics, evaluation sums and agreeing on interruption.
+
+    ``config`` (JSON data, e.g. the model and optimizer names) is stored in each checkpoint;
+    :meth:`restore` refuses a checkpoint whose config, seed or batch size differ. Metrics are
+    JSON lines: a ``{"event": "start", ...}`` record per process start, then step and epoch
+    records, each with the ``run`` id (kept across resumes) and a Unix ``time``; resuming
+    drops this run's records after the restored step, so no step appears twice.
     """
 
     model: Any
@@ -119,6 +118,8 @@ class Trainer:
     position: int = 0
     skipped_steps: int = 0
     stop_check_every: int = 10
+    config: dict | None = None
+    run_id: str | None = None
     _stop_signal: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +134,8 @@ class Trainer:
         self.variables = list(self.model.trainable_variables)
         self._epoch_sums = [0.0, 0.0, 0.0]  # this rank's loss sum, correct, seen this epoch
         self._metrics_file = None
+        self._lock: ckpt.DirectoryLock | None = None
+        self._resumed_from: int | None = None
 
     @property
     def is_root(self) -> bool:
@@ -187,40 +190,90 @@ class Trainer:
         return ckpt.save_training_state(
             self.checkpoint_dir, self.step, model=self.model, optimizer=self.optimizer,
             epoch=self.epoch, position=self.position, keep=self.keep_checkpoints,
-            extra={"seed": self.seed, "batch_size": self.batch_size,
-                   "epoch_sums": [float(v) for v in sums]})
+            extra={"seed": self.seed, "batch_size": self.batch_size, "run_id": self.run_id,
+                   "config": self.config, "epoch_sums": [float(v) for v in sums]})
+
+    def _on_root(self, action: Callable[[], Any]) -> Any:
+        """Run ``action`` on rank 0; a CheckpointError or OSError there is raised on every
+        rank (as CheckpointError), so no rank is left waiting in a collective."""
+        result, error = None, None
+        if self.is_root:
+            try:
+                result = action()
+            except (ckpt.CheckpointError, OSError) as e:
+                error = str(e)
+        error = self.comm.broadcast_object(error, root=0)
+        if error is not None:
+            raise ckpt.CheckpointError(error)
+        return result
+
+    def _take_directory(self) -> None:
+        """Rank 0 locks the checkpoint directory and removes temp dirs of killed saves."""
+        if not self.checkpoint_dir or self._lock is not None:
+            return
+
+        def take():
+            lock = ckpt.DirectoryLock(self.checkpoint_dir).acquire()
+            ckpt.remove_leftovers(self.checkpoint_dir)
+            return lock
+
+        self._lock = self._on_root(take) or ckpt.DirectoryLock(self.checkpoint_dir)
+
+    def close(self) -> None:
+        """Release the checkpoint directory (done by :meth:`fit` when it returns)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def compatibility_problem(self, extra: dict, path: Any) -> str | None:
+        """Why a checkpoint whose manifest holds ``extra`` cannot continue this run, or None."""
+        mine = {"seed": self.seed, "batch_size": self.batch_size, **(self.config or {})}
+        saved = {"seed": extra.get("seed"), "batch_size": extra.get("batch_size"),
+                 **(extra.get("config") or {})}
+        for key, value in mine.items():
+            if key in saved and saved[key] is not None and saved[key] != value:
+                return (f"checkpoint {path} was trained with {key} {saved[key]}, this run uses "
+                        f"{value}: use the same setting, or a new checkpoint directory")
+        return None
 
     def restore(self) -> bool:
         """Restore the newest good checkpoint (falling back past corrupt ones).
 
         Rank 0 reads it and broadcasts model, optimizer and RNG state and the position, so the
-        other ranks need no access to the checkpoint directory.
+        other ranks need no access to the checkpoint directory. A checkpoint that does not fit
+        this run (config, seed, batch size, variable shapes, a batch position past the epoch)
+        is a :class:`~tapeflow.checkpoint.CheckpointError` on every rank.
         """
         if not self.checkpoint_dir:
             return False
-        meta = None
-        if self.is_root:
+        self._take_directory()
+
+        def read():
             found = ckpt.restore_latest(self.checkpoint_dir)
-            if found is not None:
-                ckpt.restore_training_state(found, model=self.model, optimizer=self.optimizer)
-                meta = {"path": str(found.path), "step": found.step, "epoch": found.epoch,
-                        "position": int(found.position), "rng": tp_random.get_state(),
-                        "extra": found.extra}
-        meta = self.comm.broadcast_json(meta, root=0)
+            if found is None:
+                return None
+            problem = self.compatibility_problem(found.extra, found.path)
+            if problem is None and not 0 <= int(found.position) <= self.steps_per_epoch:
+                problem = (f"checkpoint {found.path}: batch position {found.position} is "
+                           f"outside the epoch's {self.steps_per_epoch} batches")
+            if problem is not None:
+                raise ckpt.CheckpointError(problem)
+            ckpt.restore_training_state(found, model=self.model, optimizer=self.optimizer)
+            return {"path": str(found.path), "step": found.step, "epoch": found.epoch,
+                    "position": int(found.position), "rng": tp_random.get_state(),
+                    "extra": found.extra}
+
+        meta = self.comm.broadcast_object(self._on_root(read), root=0)
         if meta is None:
             return False
         extra = meta["extra"]
-        for key, mine in (("seed", self.seed), ("batch_size", self.batch_size)):
-            if key in extra and extra[key] != mine:
-                raise ValueError(f"checkpoint {meta['path']} was trained with {key} "
-                                 f"{extra[key]}, this run uses {mine}: resuming would change "
-                                 f"the rest of the epoch's batches; rerun with the same "
-                                 f"--{key.replace('_', '-')} or start a new checkpoint dir")
         if self.is_root and meta["position"]:
             self._epoch_sums = list(extra.get("epoch_sums", [0.0, 0.0, 0.0]))
         if self.comm.size > 1:
             self._broadcast_state(meta)
         self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
+        self.run_id = extra.get("run_id") or self.run_id
+        self._resumed_from = self.step
         if self.is_root:
             self.log(f"resumed from {meta['path']}: step {self.step}, epoch {self.epoch + 1}, "
                      f"batch {self.position}")
@@ -235,8 +288,29 @@ class Trainer:
     # ---------------------------------------------------------------- metrics and signals
     def _metric(self, record: dict) -> None:
         if self._metrics_file is not None:
+            record = {"run": self.run_id, "time": round(time.time(), 3), **record}
             self._metrics_file.write(json.dumps(record) + "\n")
             self._metrics_file.flush()
+
+    def _open_metrics(self) -> None:
+        """Rank 0 opens the metrics file for appending; on resume this run's records after
+        the restored step are dropped first (they would appear twice)."""
+        path = Path(self.metrics_path)
+        if self._resumed_from is not None and path.is_file():
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by kill -9
+                if not (record.get("run") == self.run_id
+                        and record.get("step", 0) > self._resumed_from):
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._metrics_file = open(path, "a", encoding="utf-8")
 
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
@@ -255,12 +329,25 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self, epochs: int) -> list[EpochResult]:
-        """Train until ``epochs`` complete epochs (counting any restored ones)."""
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        if self.metrics_path and self.is_root:
-            Path(self.metrics_path).parent.mkdir(parents=True, exist_ok=True)
-            self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
+        """Train until ``epochs`` complete epochs (counting any restored ones).
+
+        SIGINT, SIGTERM and SIGHUP stop it at a step every rank agrees on, after a checkpoint
+        is saved: :class:`Interrupted` is raised."""
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {s: signal.signal(s, self._on_signal)
+                        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
+            self._take_directory()
+            if self.run_id is None:
+                self.run_id = self.comm.broadcast_object(
+                    uuid.uuid4().hex[:12] if self.is_root else None, root=0)
+            if self.metrics_path:
+                self._on_root(self._open_metrics)
+            self._metric({"event": "start", "start_time": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": self.step, "epoch": self.epoch,
+                "resumed": self._resumed_from is not None, "ranks": self.comm.size,
+                "batch_size": self.batch_size, "seed": self.seed, "config": self.config})
             results = []
             while self.epoch < epochs:
                 results.append(self._run_epoch(epochs))
@@ -271,14 +358,22 @@ class Trainer:
             if self._metrics_file is not None:
                 self._metrics_file.close()
                 self._metrics_file = None
+            self.close()
 
     def _progress_bar(self, epochs: int):
         if not (self.progress and self.is_root):
             return None
         from tqdm.auto import tqdm
 
+        import shutil
+        import sys
+
+        # Under mpiexec stderr is a pipe with no width: a fixed, modest width then.
+        tty = sys.stderr.isatty()
+        ncols = None if tty else min(shutil.get_terminal_size((100, 24)).columns, 100)
         return tqdm(total=self.steps_per_epoch, initial=self.position, unit="step",
-                    desc=f"epoch {self.epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+                    desc=f"epoch {self.epoch + 1}/{epochs}", leave=False, dynamic_ncols=tty,
+                    ncols=ncols)
 
     def _run_epoch(self, epochs: int) -> EpochResult:
         n = len(self.x_train)
@@ -289,6 +384,7 @@ class Trainer:
         if self.position == 0:
             self._epoch_sums = [0.0, 0.0, 0.0]
         loss_sum, correct, seen = self._epoch_sums
+        seen_here = 0  # samples of this process only: a resumed epoch's rate is not inflated
         lr = self.optimizer.current_learning_rate
         for b in range(self.position, len(order)):
             global_idx = order[b]
@@ -298,6 +394,7 @@ class Trainer:
             loss_sum, correct, seen = loss_sum + loss_b, correct + correct_b, seen + len(mine)
             self._epoch_sums = [loss_sum, correct, seen]
             window_samples += len(global_idx)
+            seen_here += len(global_idx)
             self.step += 1
             self.position = b + 1
             if bar is not None:
@@ -334,7 +431,7 @@ class Trainer:
         result = EpochResult(epoch=self.epoch + 1, train_loss=totals[0] / max(totals[2], 1),
                              train_accuracy=totals[1] / max(totals[2], 1), test_loss=test_loss,
                              test_accuracy=test_acc, seconds=seconds,
-                             samples_per_second=totals[2] / max(seconds, 1e-9),
+                             samples_per_second=seen_here / max(seconds, 1e-9),
                              steps=len(order))
         self.epoch += 1
         self.position = 0

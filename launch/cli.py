@@ -16,7 +16,8 @@ from typing import Callable, NoReturn
 
 __all__ = ["Parser", "HelpFormatter", "UsageError", "launcher_rank", "launcher_size",
            "positive_int", "nonnegative_int", "finite_float", "int_list",
-           "check_writable_dir", "check_writable_file", "plural", "Stopped", "stop_on_signals"]
+           "check_writable_dir", "check_writable_file", "plural", "Stopped", "stop_on_signals",
+           "signal_name", "fail"]
 
 # What mpiexec (MPICH/Hydra, Open MPI, PMIx) tells each rank about its place in the job.
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
@@ -167,6 +168,13 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> None:
 
 
 # --------------------------------------------------------------------------- signals
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 class Stopped(BaseException):
     """SIGINT/SIGTERM/SIGHUP arrived before the training loop took over the signals."""
 
@@ -176,7 +184,7 @@ class Stopped(BaseException):
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name
+        return signal_name(self.signum)
 
 
 def _raise_stopped(signum, frame) -> NoReturn:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +100,106 @@ def test_run_mpiexec_two_ranks(capfd, mpiexec):
     for rank in (0, 1):
         assert f"hello from rank {rank} of 2 threads={threads}" in out
     assert Path(mpiexec).name.startswith("mpiexec")
+
+
+# --------------------------------------------------------------------------- supervision
+_RANK_SCRIPT = """
+import os, signal, subprocess, sys, time
+rank = os.environ.get("PMI_RANK", "0")
+mode = sys.argv[1]
+# a grandchild in its own session: what a careless rank leaves behind
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                         start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+with open(os.path.join(sys.argv[2], f"pids-{rank}"), "w") as f:
+    f.write(f"{os.getpid()} {child.pid}")
+if mode == "stubborn":
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+else:
+    def stop(signum, frame):
+        with open(os.path.join(sys.argv[2], f"stopped-{rank}"), "w") as f:
+            f.write(str(signum))
+        sys.exit(128 + signum)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, stop)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_job(tmp_path: Path, mpiexec: str, job_env: dict, mode: str, grace: float):
+    """A launcher process running run_mpiexec(2, the script above) in its own process."""
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    driver = (f"import sys; from tapeflow.distributed.launcher import run_mpiexec; "
+              f"sys.exit(run_mpiexec(2, [sys.executable, {str(script)!r}, {mode!r}, "
+              f"{str(tmp_path)!r}], mpiexec={mpiexec!r}, oversubscribe=True, grace={grace}))")
+    proc = subprocess.Popen([sys.executable, "-c", driver], env=job_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("pids-*"))) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the ranks did not start within 60 s"
+        time.sleep(0.05)
+    time.sleep(0.3)  # let the launcher see its descendants once
+    pids = [int(x) for f in tmp_path.glob("pids-*") for x in f.read_text().split()]
+    return proc, pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_signal_to_the_launcher_reaches_every_rank_and_no_process_outlives_it(
+        tmp_path, mpiexec, job_env, sig):
+    proc, pids = _start_job(tmp_path, mpiexec, job_env, "polite", grace=30)
+    assert all(_alive(pid) for pid in pids)
+    start = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert time.monotonic() - start < 10
+    # both ranks got it (forwarded as SIGTERM), and mpiexec printed no banner
+    assert [(tmp_path / f"stopped-{r}").read_text() for r in (0, 1)] == \
+        [str(int(signal.SIGTERM))] * 2
+    assert out == err == "", (out, err)
+    time.sleep(0.2)
+    assert [pid for pid in pids if _alive(pid)] == []  # ranks and their grandchildren
+
+
+def test_a_job_that_ignores_the_signal_is_killed_after_the_grace_period(tmp_path, mpiexec,
+                                                                        job_env):
+    proc, pids = _start_job(tmp_path, mpiexec, job_env, "stubborn", grace=1.0)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    waited = time.monotonic() - start
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert 1.0 <= waited < 10, waited
+    time.sleep(0.2)
+    assert [pid for pid in pids if _alive(pid)] == []
+
+
+def test_a_second_signal_kills_at_once(tmp_path, mpiexec, job_env):
+    proc, pids = _start_job(tmp_path, mpiexec, job_env, "stubborn", grace=60)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT
+    assert time.monotonic() - start < 10
+    time.sleep(0.2)
+    assert [pid for pid in pids if _alive(pid)] == []
+
+
+def test_inside_mpi_job_reads_the_launchers_variables():
+    assert launcher.inside_mpi_job({"PMI_RANK": "0", "PMI_SIZE": "2"})
+    assert launcher.inside_mpi_job({"OMPI_COMM_WORLD_SIZE": "4"})
+    assert not launcher.inside_mpi_job({"PATH": "/usr/bin"})

@@ -183,6 +183,12 @@ def test_metrics_file_has_step_and_epoch_lines(tmp_path):
     losses = record_steps(trainer)
     results = trainer.fit(2)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
+    start, lines = lines[0], lines[1:]
+    assert start["event"] == "start" and start["resumed"] is False and start["step"] == 0
+    assert len({r["run"] for r in [start, *lines]}) == 1 and len(start["run"]) == 12
+    times = [r["time"] for r in lines]
+    assert times == sorted(times) and start["time"] <= times[0]
+    assert "event" not in lines[1] and start["start_time"].endswith("Z")
     step_lines = [r for r in lines if "test_accuracy" not in r]
     epoch_lines = [r for r in lines if "test_accuracy" in r]
     assert [r["step"] for r in step_lines] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
@@ -209,9 +215,46 @@ def test_metrics_file_has_step_and_epoch_lines(tmp_path):
 def test_log_every_thins_the_step_lines(tmp_path):
     path = tmp_path / "m.jsonl"
     make_trainer(mlp_model(), sgd(), metrics_path=str(path), log_every=3).fit(1)
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = [json.loads(line) for line in path.read_text().splitlines()][1:]
     assert [r["step"] for r in lines if "test_accuracy" not in r] == [3, 6]
     assert sum("test_accuracy" in r for r in lines) == 1
+
+
+def test_resume_after_a_crash_does_not_repeat_steps_in_the_metrics(tmp_path):
+    """kill -9 after step 7 (checkpoint at 6): the resumed run drops its steps 7.. and
+    writes them once; another run's records in the same file are kept."""
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"run": "other", "step": 50, "loss": 1.0}) + "\n")
+    first = make_trainer(mlp_model(), sgd(), tmp_path / "ck", checkpoint_every=3,
+                         metrics_path=str(path), log_every=1)
+    original_step = first.train_step
+    calls = []
+
+    def crash_after_seven(*a):
+        if len(calls) == 7:
+            first._metrics_file.write('{"run": "cut-off li')  # a line half written by kill -9
+            first._metrics_file.flush()
+            raise KeyboardInterrupt  # stands in for kill -9: no checkpoint at step 7
+        calls.append(1)
+        return original_step(*a)
+
+    first.train_step = crash_after_seven
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(2)
+    first.close()
+    steps_before = [json.loads(x).get("step") for x in path.read_text().splitlines()[1:-1]]
+    assert steps_before == [0, 1, 2, 3, 4, 5, 6, 7]
+    second = make_trainer(mlp_model(), sgd(), tmp_path / "ck", metrics_path=str(path),
+                          log_every=1)
+    assert second.restore() and second.step == 6
+    second.fit(2)
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    assert records[0] == {"run": "other", "step": 50, "loss": 1.0}
+    ours = [r for r in records[1:] if "event" not in r and "test_accuracy" not in r]
+    assert [r["step"] for r in ours] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    starts = [r for r in records if r.get("event") == "start"]
+    assert [(r["resumed"], r["step"]) for r in starts] == [(False, 0), (True, 6)]
+    assert len({r["run"] for r in records[1:]}) == 1  # the resumed run keeps its id
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -240,7 +283,7 @@ def test_keep_checkpoints_is_respected(tmp_path):
     trainer.fit(1)
     names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
     assert names == [f"ckpt-{s:09d}" for s in (STEPS_PER_EPOCH - 1, STEPS_PER_EPOCH)]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".lock"]
 
 
 # --------------------------------------------------------------------------- evaluation
