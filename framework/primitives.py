@@ -159,7 +159,7 @@ def _(g, ans, xs, shapes, needs):
     return (multiply_p(g, sign_p(xs[0])),)
 
 
-@primitive("sign")
+@primitive("sign", save_args=True)
 def sign_p(x):
     return array_module(x).sign(x)
 
@@ -167,7 +167,9 @@ def sign_p(x):
 @sign_p.defvjp
 def _(g, ans, xs, shapes, needs):
     # Piecewise constant: the derivative is 0 (a.e.), given as zeros, not None (TensorFlow).
-    return (Tensor(array_module(g._value).zeros(shapes[0], dtype=g._value.dtype)),)
+    # Built as g * sign(x) * 0 so the zeros stay connected to x and g: differentiating them
+    # again gives zeros too, as TensorFlow's second derivatives of sign/abs/relu do.
+    return (multiply_p(multiply_p(g, sign_p(xs[0])), _c(0, g)),)
 
 
 @primitive("square", save_args=True)

@@ -12,6 +12,7 @@ from .. import ops
 from .. import primitives as P
 from .. import primitives_ext as PX
 from ..errors import InvalidArgumentError
+from ..recording import derived
 from ..tensor import Tensor, convert_to_tensor
 
 __all__ = ["relu", "sigmoid", "softmax", "log_softmax", "sparse_softmax_cross_entropy_with_logits",
@@ -91,7 +92,8 @@ def sigmoid_cross_entropy_with_logits(labels=None, logits=None) -> Tensor:
 
 def bias_add(value, bias) -> Tensor:
     """``value + bias`` with ``bias`` 1-D, matching the last axis of ``value`` (NHWC)."""
-    x, b = convert_to_tensor(value), convert_to_tensor(bias)
+    x = convert_to_tensor(value)
+    b = bias if isinstance(bias, Tensor) else convert_to_tensor(bias, x.dtype)
     if b.ndim != 1 or x.ndim < 2 or x.shape[-1] != b.shape[0]:
         raise InvalidArgumentError(f"bias_add: bias must be 1-D with the size of value's last "
                                    f"axis; got bias {b.shape} for value {x.shape}")
@@ -210,6 +212,9 @@ def dropout(x, rate: float, noise_shape=None, seed=None) -> Tensor:
     if rate == 0:
         return x
     shape = x.shape if noise_shape is None else tuple(noise_shape)
-    keep = tp_random.uniform(shape, seed=seed, dtype=x.dtype)._value >= rate
-    mask = keep.astype(x.dtype) / np.asarray(1 - rate, dtype=x.dtype)
-    return ops.multiply(x, Tensor(mask))
+
+    def draw(xv):
+        # (derived from x: a tp.function replay draws a fresh mask on every call)
+        keep = tp_random.uniform(shape, seed=seed, dtype=xv.dtype)._value >= rate
+        return keep.astype(xv.dtype) / np.asarray(1 - rate, dtype=xv.dtype)
+    return ops.multiply(x, derived(draw, x))
