@@ -17,7 +17,8 @@ from tapeflow.distributed.launcher import mpiexec_argv
 SCRIPT = textwrap.dedent("""
     import json
     import numpy as np
-    from tapeflow.distributed.comm import MPICommunicator
+    from tapeflow.distributed import Layout
+    from tapeflow.distributed.mpi import MPICommunicator
 
     def data(r, n, dtype, salt):
         rng = np.random.default_rng([r, n, salt])
@@ -34,23 +35,23 @@ SCRIPT = textwrap.dedent("""
                                             (np.float16, "average"), (np.float64, "max"),
                                             (np.int64, "sum")]):
             n = 50_000 + salt
-            buf = data(c.rank, n, dtype, salt)
-            c.allreduce_(buf, op=op)
+            buf = c.allreduce(data(c.rank, n, dtype, salt), op=op)
             parts = [data(r, n, dtype, salt).astype(np.float64) for r in range(c.size)]
             want = (np.max(parts, 0) if op == "max" else
                     np.sum(parts, 0) / (c.size if op == "average" else 1))
             tol = 2e-3 if dtype == np.float16 else 1e-5
             if not np.allclose(buf.astype(np.float64), want, rtol=tol, atol=tol):
                 errors.append(f"{np.dtype(dtype)} {op}")
-        # the zero-copy path: buffers carved from the lent slot
-        whole = c.shared_buffer(4 * 60_000)
-        if whole is not None:
-            a = whole.view(np.float32)
-            del whole
+        # a gradient reducer: twice, so the second step packs straight into the lent slot
+        reducer = c.reducer(Layout(((np.dtype(np.float32), 60_000),), 0), "sum",
+                            check_finite=True)
+        for step in range(2):
+            (a,) = reducer.start(step + 1)
             a[:] = c.rank + 1
-            finite = c.allreduce_many_([a], op="sum", check_finite=True)
+            reducer.ready(0)
+            finite = reducer.finish()
             if not (finite and np.all(a == c.size * (c.size + 1) / 2)):
-                errors.append("lent slot")
+                errors.append(f"reducer step {step}")
             del a
         report[node_size] = {"shm": shm is not None, "nodes": shm.nodes if shm else None,
                              "errors": errors}
