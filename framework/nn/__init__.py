@@ -8,10 +8,13 @@ from .normalization import *  # noqa: F401,F403
 from .normalization import __all__ as _normalization_all
 from .layers import *  # noqa: F401,F403
 from .layers import __all__ as _layers_all
+from .extra_layers import *  # noqa: F401,F403
+from .extra_layers import __all__ as _extra_layers_all
 from .losses import *  # noqa: F401,F403
 from .losses import __all__ as _losses_all
 from .modules import *  # noqa: F401,F403
 from .modules import __all__ as _modules_all
 
 __all__ = list(_functional_all) + list(_activations_all) + list(_normalization_all) \
-    + list(_modules_all) + list(_layers_all) + list(_losses_all) + ["init", "losses"]
+    + list(_modules_all) + list(_layers_all) + list(_extra_layers_all) + list(_losses_all) \
+    + ["init", "losses"]

@@ -7,8 +7,10 @@ build). Until then their ``variables`` list is empty, so an optimizer or checkpo
 lazily built model would miss them: give the input size, or call ``Sequential.build``. The
 builders always give it, so their models are complete the moment they exist.
 
-Weights are float32 by default (``dtype=`` changes it). Inputs that are not Tensors (NumPy
-arrays, lists) are converted to the layer's dtype; Tensors of another float dtype are an error.
+Weights are float32 by default (``dtype=`` changes it). Inputs are converted to the layer's
+dtype, float Tensors of another float dtype included (Keras casts a float64 input to a float32
+kernel's dtype). ``input_shape=`` (Keras's first-layer argument, without the batch axis) builds
+a layer at construction; a ``Sequential`` whose first layer has one is built as layers are added.
 """
 from __future__ import annotations
 
@@ -20,20 +22,39 @@ import numpy as np
 from .. import ops
 from .._backend import array_module
 from ..tensor import Tensor, Variable, as_dtype, convert_to_tensor
+from . import activations as A
 from . import functional as F
 from . import init
 from .modules import Module, Sequential
 
-__all__ = ["Dense", "Conv2D", "MaxPool2D", "Flatten", "Reshape", "Dropout", "Activation",
-           "get_activation", "mlp", "mnist_cnn"]
+__all__ = ["Dense", "Conv2D", "MaxPool2D", "MaxPooling2D", "Flatten", "Reshape", "Dropout",
+           "Activation", "get_activation", "mlp", "mnist_cnn"]
 
 ActivationLike = str | Callable[[Tensor], Tensor] | None
 Seed = int | np.random.Generator | None
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
     "relu": F.relu, "sigmoid": F.sigmoid, "tanh": ops.tanh, "softmax": F.softmax,
-    "log_softmax": F.log_softmax, "linear": None,
+    "log_softmax": F.log_softmax, "linear": None, "gelu": A.gelu, "elu": A.elu, "selu": A.selu,
+    "silu": A.silu, "swish": A.silu, "leaky_relu": A.leaky_relu, "relu6": A.relu6,
+    "softplus": A.softplus, "softsign": A.softsign, "exponential": ops.exp,
 }
+
+
+def _shape_hint(input_shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """Keras's ``input_shape`` (no batch axis) as a tuple of ints, or None."""
+    if input_shape is None:
+        return None
+    if isinstance(input_shape, (int, np.integer)):
+        return (int(input_shape),)
+    return tuple(int(d) for d in input_shape)
+
+
+def _as_layer_dtype(x: Any, dtype: np.dtype) -> Any:
+    """Cast float inputs to the layer's float dtype (Keras autocasting); leave the rest."""
+    if isinstance(x, Tensor):
+        return ops.cast(x, dtype) if x.dtype.kind == "f" and x.dtype != dtype else x
+    return x
 
 
 def get_activation(activation: ActivationLike) -> Callable[[Tensor], Tensor] | None:
@@ -85,8 +106,10 @@ class _KernelLayer(Module):
 
     def __init__(self, activation: ActivationLike, use_bias: bool,
                  kernel_initializer: str | Callable, bias_initializer: str | Callable,
-                 dtype: str, seed: Seed, name: str | None) -> None:
+                 dtype: str, seed: Seed, name: str | None,
+                 input_shape: Sequence[int] | None = None) -> None:
         super().__init__(name)
+        self.input_shape_hint = _shape_hint(input_shape)
         self.kernel: Variable | None = None
         self.bias: Variable | None = None
         self.activation = get_activation(activation)
@@ -126,12 +149,15 @@ class Dense(_KernelLayer):
     def __init__(self, units: int, activation: ActivationLike = None, use_bias: bool = True,
                  kernel_initializer: str | Callable = "glorot_uniform",
                  bias_initializer: str | Callable = "zeros", input_dim: int | None = None,
-                 dtype: str = "float32", seed: Seed = None, name: str | None = None) -> None:
+                 dtype: str = "float32", seed: Seed = None, name: str | None = None,
+                 input_shape: Sequence[int] | None = None) -> None:
         super().__init__(activation, use_bias, kernel_initializer, bias_initializer, dtype,
-                         seed, name)
+                         seed, name, input_shape)
         if int(units) < 1:
             raise ValueError(f"Dense: units must be positive, got {units}")
         self.units = int(units)
+        if input_dim is None and self.input_shape_hint:
+            input_dim = self.input_shape_hint[-1]
         if input_dim is not None:
             self.build(int(input_dim))
 
@@ -146,6 +172,7 @@ class Dense(_KernelLayer):
             if not hasattr(x, "shape"):
                 x = np.asarray(x)
             self.build(int(x.shape[-1]), x)
+        x = _as_layer_dtype(x, self.dtype)
         try:
             y = ops.matmul(x, self.kernel)
         except ValueError as e:
@@ -169,9 +196,13 @@ class Conv2D(_KernelLayer):
                  padding: str = "valid", activation: ActivationLike = None,
                  use_bias: bool = True, kernel_initializer: str | Callable = "glorot_uniform",
                  bias_initializer: str | Callable = "zeros", input_channels: int | None = None,
-                 dtype: str = "float32", seed: Seed = None, name: str | None = None) -> None:
+                 dtype: str = "float32", seed: Seed = None, name: str | None = None,
+                 input_shape: Sequence[int] | None = None, dilation_rate=1) -> None:
         super().__init__(activation, use_bias, kernel_initializer, bias_initializer, dtype,
-                         seed, name)
+                         seed, name, input_shape)
+        self.dilation_rate = _pair(dilation_rate, "Conv2D dilation_rate")
+        if input_channels is None and self.input_shape_hint:
+            input_channels = self.input_shape_hint[-1]
         if int(filters) < 1:
             raise ValueError(f"Conv2D: filters must be positive, got {filters}")
         self.filters = int(filters)
@@ -188,13 +219,13 @@ class Conv2D(_KernelLayer):
         self._create((*self.kernel_size, input_channels, self.filters), like)
 
     def call(self, x: Any, training: bool = False) -> Tensor:
-        if not isinstance(x, Tensor):
-            x = convert_to_tensor(x, self.dtype)
+        x = _as_layer_dtype(x, self.dtype) if isinstance(x, Tensor) else \
+            convert_to_tensor(x, self.dtype)
         if x.ndim != 4:
             raise ValueError(f"Conv2D expects NHWC input of rank 4, got shape {x.shape}")
         if self.kernel is None:
             self.build(int(x.shape[-1]), x)
-        y = F.conv2d(x, self.kernel, self.strides, self.padding)
+        y = F.conv2d(x, self.kernel, self.strides, self.padding, dilations=self.dilation_rate)
         return self._bias_activation(y)
 
     def __repr__(self) -> str:
@@ -208,8 +239,9 @@ class MaxPool2D(Module):
     """Max pooling over NHWC windows; ``strides`` defaults to ``pool_size``."""
 
     def __init__(self, pool_size: int | Sequence[int] = 2, strides=None, padding: str = "valid",
-                 name: str | None = None) -> None:
+                 name: str | None = None, input_shape: Sequence[int] | None = None) -> None:
         super().__init__(name)
+        self.input_shape_hint = _shape_hint(input_shape)
         self.pool_size = _pair(pool_size, "MaxPool2D pool_size")
         self.strides = self.pool_size if strides is None else _pair(strides, "MaxPool2D strides")
         self.padding = _padding(padding, "MaxPool2D")
@@ -221,8 +253,15 @@ class MaxPool2D(Module):
         return f"MaxPool2D({self.pool_size}, strides={self.strides})"
 
 
+MaxPooling2D = MaxPool2D  # Keras's long name
+
+
 class Flatten(Module):
     """``(N, ...) -> (N, prod(...))``; a no-op on ``(N, d)`` input."""
+
+    def __init__(self, name: str | None = None, input_shape: Sequence[int] | None = None) -> None:
+        super().__init__(name)
+        self.input_shape_hint = _shape_hint(input_shape)
 
     def call(self, x: Any, training: bool = False) -> Any:
         shape = x.shape if hasattr(x, "shape") else np.shape(x)
@@ -237,8 +276,10 @@ class Flatten(Module):
 class Reshape(Module):
     """``(N, ...) -> (N, *target_shape)`` (the batch axis is kept)."""
 
-    def __init__(self, target_shape: Sequence[int], name: str | None = None) -> None:
+    def __init__(self, target_shape: Sequence[int], name: str | None = None,
+                 input_shape: Sequence[int] | None = None) -> None:
         super().__init__(name)
+        self.input_shape_hint = _shape_hint(input_shape)
         self.target_shape = tuple(int(d) for d in target_shape)
 
     def call(self, x: Any, training: bool = False) -> Any:
@@ -258,8 +299,9 @@ class Dropout(Module):
     generator, so ``tp.random.set_seed`` reproduces them."""
 
     def __init__(self, rate: float, noise_shape: Sequence[int] | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, input_shape: Sequence[int] | None = None) -> None:
         super().__init__(name)
+        self.input_shape_hint = _shape_hint(input_shape)
         if not 0 <= rate < 1:
             raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
@@ -277,8 +319,10 @@ class Dropout(Module):
 class Activation(Module):
     """An activation function as a layer."""
 
-    def __init__(self, activation: ActivationLike, name: str | None = None) -> None:
+    def __init__(self, activation: ActivationLike, name: str | None = None,
+                 input_shape: Sequence[int] | None = None) -> None:
         super().__init__(name)
+        self.input_shape_hint = _shape_hint(input_shape)
         self.activation = get_activation(activation)
 
     def call(self, x: Any, training: bool = False) -> Any:

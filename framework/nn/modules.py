@@ -105,6 +105,26 @@ class Module:
         """Number of scalars in all tracked Variables."""
         return sum(int(v.size) for v in self.variables)
 
+    def get_weights(self) -> list[np.ndarray]:
+        """Keras's ``get_weights``: host copies of every Variable, in ``variables`` order."""
+        return [np.array(v.numpy(), copy=True) for v in self.variables]
+
+    def set_weights(self, weights: list) -> None:
+        """Keras's ``set_weights``: assign arrays in ``variables`` order (counts and shapes must
+        match; values are cast to each Variable's dtype and device)."""
+        variables = self.variables
+        weights = list(weights)
+        if len(weights) != len(variables):
+            raise ValueError(f"{type(self).__name__}.set_weights: got {len(weights)} arrays for "
+                             f"{len(variables)} variables")
+        for i, (v, w) in enumerate(zip(variables, weights)):
+            shape = tuple(getattr(w, "shape", np.shape(w)))
+            if shape != v.shape:
+                raise ValueError(f"{type(self).__name__}.set_weights: array #{i} has shape "
+                                 f"{shape} but variable {v.name!r} has shape {v.shape}")
+        for v, w in zip(variables, weights):
+            v.assign(w if isinstance(w, Tensor) else _on_device_of(v, np.asarray(w)))
+
     # -- plain-array state (for checkpoints) ------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         """``{name: host NumPy copy}`` of every Variable."""
@@ -159,6 +179,10 @@ class Sequential(Module):
             raise TypeError(f"Sequential.add: expected a Module or callable, got "
                             f"{type(layer).__name__}")
         self.layers.append(layer)
+        # Keras: a first layer that declares its input shape builds the model as it grows.
+        hint = getattr(self.layers[0], "input_shape_hint", None)
+        if hint:
+            self.build(hint)
 
     def call(self, x: Any, training: bool = False) -> Any:
         for layer in self.layers:
