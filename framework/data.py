@@ -230,12 +230,19 @@ def read_idx(path: str | os.PathLike[str], *, sha256: str | None = None,
 
 @dataclass(frozen=True, eq=False)
 class Splits:
-    """Train and test arrays: images uint8 ``(N, 28, 28)``, labels int64 ``(N,)``."""
+    """Train and test arrays: images uint8 ``(N, 28, 28)``, labels int64 ``(N,)``.
+
+    Unpacks as Keras's ``load_data()`` does: ``(x_train, y_train), (x_test, y_test) = splits``.
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+
+    def __iter__(self):
+        yield self.train_images, self.train_labels
+        yield self.test_images, self.test_labels
 
 
 def _cache_dir(name: str) -> Path:
