@@ -58,10 +58,13 @@ _DEFAULT_TIMEOUT_S = 600.0
 # The wait loop: spin on the test (yielding the CPU) for _SPIN_S, then sleep with a pause that
 # doubles from _SLEEP_MIN_S to _SLEEP_MAX_S. Sleeping from the start starves MPI's progress
 # engine (a 2.6 MB allreduce on two ranks took 16 ms with sleeps against 0.5 ms blocking);
-# spinning first matches a blocking call, and the yield keeps 4 ranks on 2 cores fast.
+# spinning first matches a blocking call, and the yield keeps 4 ranks on 2 cores fast. Waits
+# longer than a second sleep up to _SLEEP_LONG_S between tests: a few per cent of a core at most.
 _SPIN_S = 0.02
 _SLEEP_MIN_S = 50e-6
 _SLEEP_MAX_S = 2e-3
+_SLEEP_LONG_S = 20e-3   # pause once a wait passed 1 s: a slow neighbour, latency no longer counts
+_SPIN_CHECKS = 1 << 30  # marks the end of the spin phase
 _PROBE_S = 0.25        # how long a stalled rank waits for the others' status
 _ABORT_GRACE_S = 0.5   # pause between the last message and MPI_Abort (mpiexec forwards output)
 _STUCK_AFTER_SIGNAL_S = 5.0  # a termination signal during a wait this long ends the job
@@ -217,11 +220,11 @@ class Waiter:
         spin_until = start + _SPIN_S
         pause = _SLEEP_MIN_S
         spins = 0
-        signalled = _Signals.drain()
-        signal_at = None
+        _Signals.drain()  # only a signal that comes while waiting counts
+        signalled, signal_at = 0, None
         while not test():
             spins += 1
-            if spins & 63:
+            if spins & 63 and spins < _SPIN_CHECKS:  # the spin phase: test as often as we can
                 _sched_yield()
                 continue
             now = time.monotonic()
@@ -240,9 +243,10 @@ class Waiter:
                       f"{what} #{seq}; ending the job", 128 + signalled)
             if now < spin_until:
                 _sched_yield()
-            else:
-                time.sleep(pause)
-                pause = min(2 * pause, _SLEEP_MAX_S)
+                continue
+            spins = _SPIN_CHECKS  # from now on every pass checks the clock and sleeps
+            time.sleep(pause)
+            pause = min(2 * pause, _SLEEP_MAX_S if now - start < 1.0 else _SLEEP_LONG_S)
 
     def _report(self, what: str, seq: int, waited: float, missing, test, fatal: bool) -> None:
         if missing is not None:
