@@ -11,6 +11,7 @@ from . import data, errors, nn, random, testing
 from .array_ops import *  # noqa: F401,F403
 from .array_ops import __all__ as _array_ops_all
 from .custom import custom_gradient
+from .traced_function import Function, TensorSpec, function
 from .math_ops import *  # noqa: F401,F403
 from .math_ops import __all__ as _math_ops_all
 from .ops import *  # noqa: F401,F403
@@ -28,7 +29,7 @@ __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
     "Tensor", "TensorShape", "Variable", "constant", "convert_to_tensor", "as_dtype",
     "GradientTape", "UnconnectedGradients", "custom_gradient", "stop_gradient", "PRIMITIVES",
     "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "float16",
-    "float32", "float64", "int32", "int64", "bool_",
+    "float32", "float64", "int32", "int64", "bool_", "function", "Function", "TensorSpec",
 })
 
 

@@ -258,20 +258,20 @@ def reduce_mean(input_tensor, axis=None, keepdims: bool = False) -> Tensor:
     axes = _axes(axis, x.ndim, "reduce_mean")
     count = x.size if axes is None else int(np.prod([x.shape[a] for a in axes]))
     if x.dtype.kind != "f":
-        total = x._value.sum(axis=axes, keepdims=keepdims)
-        return Tensor((total // builtins.max(count, 1)).astype(x.dtype))
+        return derived(lambda a: (a.sum(axis=axes, keepdims=keepdims)
+                                  // builtins.max(count, 1)).astype(a.dtype), x)
     s = P.reduce_sum_p(x, axis=axes, keepdims=bool(keepdims))
     return P.multiply_p(s, P._c(1.0 / count if count else np.nan, s))
 
 
 def argmax(input, axis: int = 0, output_type="int64") -> Tensor:
-    x = convert_to_tensor(input)
-    return Tensor(x._value.argmax(axis=axis).astype(as_dtype(output_type)))
+    dtype = as_dtype(output_type)
+    return derived(lambda a: a.argmax(axis=axis).astype(dtype), convert_to_tensor(input))
 
 
 def argmin(input, axis: int = 0, output_type="int64") -> Tensor:
-    x = convert_to_tensor(input)
-    return Tensor(x._value.argmin(axis=axis).astype(as_dtype(output_type)))
+    dtype = as_dtype(output_type)
+    return derived(lambda a: a.argmin(axis=axis).astype(dtype), convert_to_tensor(input))
 
 
 # ---------------------------------------------------------------- shapes
@@ -430,13 +430,14 @@ def gather(params, indices, axis: int = 0) -> Tensor:
 
 def one_hot(indices, depth: int, on_value=1.0, off_value=0.0, axis: int = -1,
             dtype="float32") -> Tensor:
-    idx = convert_to_tensor(indices)._value
-    xp = array_module(idx)
-    hot = xp.arange(depth) == idx[..., None]  # out-of-range indices give an all-off row (TF)
-    out = xp.where(hot, on_value, off_value).astype(as_dtype(dtype))
-    if axis != -1:
-        out = xp.moveaxis(out, -1, axis)
-    return Tensor(out)
+    dtype = as_dtype(dtype)
+
+    def hot(idx):
+        xp = array_module(idx)
+        on = xp.arange(depth) == idx[..., None]  # out-of-range indices: an all-off row (TF)
+        out = xp.where(on, on_value, off_value).astype(dtype)
+        return out if axis == -1 else xp.moveaxis(out, -1, axis)
+    return derived(hot, convert_to_tensor(indices))
 
 
 def cast(x, dtype) -> Tensor:

@@ -73,7 +73,7 @@ def _xent_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
         np.add.reduce(e, axis=-1, out=s)
         np.log(s, out=out)
         np.add(base, labels.reshape(-1), out=idx)
-        np.take(zflat, idx, out=picked)
+        np.take(zflat, idx, out=picked, mode="clip")  # (valid indices; "raise" buffers)
         np.subtract(out, picked_v, out=out)
     return kernel
 
@@ -100,7 +100,7 @@ def _softmax_grad_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
             np.divide(fwd[0], fwd[1], out=out)
         flat = out.reshape(-1)
         np.add(base, labels.reshape(-1), out=idx)
-        np.take(flat, idx, out=picked)
+        np.take(flat, idx, out=picked, mode="clip")
         np.subtract(picked, 1, out=picked)
         np.put(flat, idx, picked)
     return kernel
@@ -321,16 +321,17 @@ def _release_dynamic(lines: dict, nodes: list, last: list, static: dict) -> list
 
 
 def _assign_kernel(var, method: str) -> Callable:
+    # No local reference to the variable's array may be held around _add_/_subtract_: they
+    # update in place only when nothing else references it (copy-on-write).
     def assign(a) -> None:
-        v = var._value
-        if a.dtype != v.dtype:
-            a = a.astype(v.dtype)
+        if a.dtype != var._value.dtype:
+            a = a.astype(var._value.dtype)
         if method == "assign_add":
             var._add_(a)
         elif method == "assign_sub":
             var._subtract_(a)
-        elif sys.getrefcount(v) <= 3 and v.shape == a.shape:  # var._value, v, the argument
-            np.copyto(v, a)
+        elif sys.getrefcount(var._value) <= 2 and var._value.shape == a.shape:
+            np.copyto(var._value, a)  # (counted: var._value and getrefcount's argument)
         else:
             var._value = a.copy()
     return assign

@@ -6,7 +6,7 @@ This is the bottom of the autodiff stack: it imports only :mod:`tensor`. It hold
   arrays plus its vector-Jacobian product;
 * ``_ACTIVE``, the tapes recording now (innermost last), and ``_record`` / ``_record2``, which
   append one record to each tape that watches an input;
-* ``_TRACE``, the tracer of a ``tp.function`` being traced (see :mod:`tapeflow.function`);
+* ``_TRACE``, the tracer of a ``tp.function`` being traced (see :mod:`tapeflow.trace`);
   every primitive application and every :func:`derived` value is reported to it;
 * :func:`derived` (a value computed from tensors on raw arrays, with no gradient) and
   :func:`stop_gradient`.

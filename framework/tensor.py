@@ -20,7 +20,7 @@ __all__ = ["Tensor", "Variable", "TensorShape", "constant", "convert_to_tensor",
 # recording keeps no tensor alive that a rule does not need.
 _next_id = itertools.count(1).__next__
 
-# The tracer of the ``tp.function`` being traced, if any (tapeflow.function). It lives here, at
+# The tracer of the ``tp.function`` being traced, if any (tapeflow.trace). It lives here, at
 # the bottom, because Tensor and Variable report to it; mutated in place only.
 _TRACE: list = []
 
@@ -362,6 +362,8 @@ def _snapshot(v: Variable) -> Tensor:
     t = Tensor.__new__(Tensor)
     t._value = v._value
     t._id = v._id
+    if _TRACE:
+        _TRACE[-1].on_snapshot(v, t)
     return t
 
 

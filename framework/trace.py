@@ -51,6 +51,7 @@ class Tracer:
         self.created: list[Variable] = []
         self.inputs: list[int] = []
         self.arrays: dict[int, Any] = {}    # id -> traced array (to spot them in params)
+        self.snapshots: dict[int, tuple] = {}  # id(snapshot) -> (snapshot, slot)
 
     # -- slots ------------------------------------------------------------------------------
     def _new(self, value, kind: str) -> int:
@@ -68,21 +69,26 @@ class Tracer:
 
     def is_traced(self, t: Tensor) -> bool:
         """Whether ``t``'s value depends on an input or a Variable (not a plain constant)."""
-        if isinstance(t, Variable):
+        if isinstance(t, Variable) or id(t) in self.snapshots:
             return True
         slot = self.slot_of.get(t._id)
         return slot is not None and self.kind[slot] != "const"
 
+    def on_snapshot(self, var: Variable, snap: Tensor) -> None:
+        """``snap`` holds ``var``'s value now (``read_value()``, a tape's saved input): it
+        keeps the slot of this read even if ``var`` is assigned later."""
+        self.snapshots[id(snap)] = (snap, self.slot(var))
+
     def slot(self, t: Tensor) -> int:
         """The slot of ``t``: traced, a Variable read (recorded now), or a captured constant."""
+        snap = self.snapshots.get(id(t))
+        if snap is not None and snap[0] is t:
+            return snap[1]
         slot = self.slot_of.get(t._id)
         if slot is not None:
             return slot
-        if isinstance(t, Variable) or t._id in self.var_ids:
-            var = t if isinstance(t, Variable) else None
-            if var is None:
-                raise TraceError(f"{self.name}: a saved value of a Variable was read after the "
-                                 "Variable changed; tp.function cannot replay that")
+        if isinstance(t, Variable):
+            var = t
             self.var_ids.add(var._id)
             slot = self._new(var._value, "read")
             self.nodes.append(("read", var, slot))

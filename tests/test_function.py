@@ -1,0 +1,312 @@
+"""tp.function: TensorFlow's tracing semantics, replay == eager, retracing counts, allocation.
+
+The semantics checked here are tf.function's documented ones (TF API docs for tf.function and
+tf.TensorSpec, and the "Better performance with tf.function" guide): Python side effects run
+when tracing only; a call with the same tensor shapes/dtypes and Python values replays; a new
+signature retraces; input_signature rejects incompatible inputs with ValueError; variables may
+only be created on the first trace.
+"""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import tapeflow as tp
+from tapeflow.optimizers import SGD, Adam
+from tapeflow.trace import TraceError
+
+
+def _mlp(seed=0, sizes=(6, 5, 3)):
+    rng = np.random.default_rng(seed)
+    return [tp.Variable(rng.normal(size=s).astype("f4") * 0.3)
+            for s in [(sizes[0], sizes[1]), (sizes[1],), (sizes[1], sizes[2]), (sizes[2],)]]
+
+
+def _loss(vs, x, y):
+    w1, b1, w2, b2 = vs
+    h = tp.nn.relu(x @ w1 + b1)
+    return tp.reduce_mean(tp.nn.sparse_softmax_cross_entropy_with_logits(y, h @ w2 + b2))
+
+
+def _batches(n=4, b=8, d=6, k=3, seed=1):
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(size=(b, d)).astype("f4"), rng.integers(0, k, b).astype("i4"))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("make_opt", [lambda: SGD(0.1), lambda: SGD(0.1, momentum=0.9),
+                                      lambda: Adam(0.01)])
+def test_training_step_replays_bit_for_bit_like_eager(make_opt):
+    runs = []
+    for traced in (False, True):
+        vs, opt = _mlp(), make_opt()
+
+        def step(x, y):
+            with tp.GradientTape() as tape:
+                loss = _loss(vs, x, y)
+            grads = tape.gradient(loss, vs)
+            opt.apply_gradients(zip(grads, vs))
+            return loss
+        fn = tp.function(step) if traced else step
+        losses = [fn(tp.constant(x), tp.constant(y)).numpy() for x, y in _batches() * 2]
+        runs.append((losses, [v.numpy().copy() for v in vs], opt.iterations))
+    (l_e, v_e, it_e), (l_f, v_f, it_f) = runs
+    assert it_e == it_f == 8
+    assert [float(a) for a in l_e] == [float(b) for b in l_f]
+    for a, b in zip(v_e, v_f):
+        np.testing.assert_array_equal(a, b)
+    assert l_f[4] < l_f[0]  # it trains: batch 0 again, after a pass over all four
+
+
+def test_side_effects_happen_only_when_tracing_and_signatures_retrace():
+    calls = []
+
+    @tp.function
+    def f(x, scale):
+        calls.append((x.shape, str(x.dtype), scale))
+        return x * scale
+
+    a = tp.constant([1.0, 2.0])
+    np.testing.assert_array_equal(f(a, 2.0).numpy(), [2.0, 4.0])
+    np.testing.assert_array_equal(f(tp.constant([3.0, 4.0]), 2.0).numpy(), [6.0, 8.0])
+    assert len(calls) == 1 and f.experimental_get_tracing_count() == 1
+    f(a, 3.0)                                   # new Python value: retrace
+    f(tp.constant([1.0, 2.0, 3.0]), 3.0)        # new shape: retrace
+    f(tp.constant([1.0, 2.0], dtype="float64"), 3.0)  # new dtype: retrace
+    np.testing.assert_array_equal(f(np.array([5.0, 6.0], "f4"), 3.0).numpy(), [15.0, 18.0])
+    assert f.experimental_get_tracing_count() == len(calls) == 4
+
+
+def test_returns_the_same_nest_and_outputs_are_not_overwritten_by_later_calls():
+    @tp.function
+    def f(x):
+        y = x * 2.0 + 1.0
+        return {"y": y, "pair": (y, x - 1.0), "const": 7}
+
+    first = f(tp.constant([1.0, 2.0]))
+    second = f(tp.constant([10.0, 20.0]))
+    assert set(first) == {"y", "pair", "const"} and first["const"] == 7
+    np.testing.assert_array_equal(first["y"].numpy(), [3.0, 5.0])
+    np.testing.assert_array_equal(first["pair"][1].numpy(), [0.0, 1.0])
+    np.testing.assert_array_equal(second["pair"][0].numpy(), [21.0, 41.0])
+
+
+def test_input_signature_checks_inputs_and_accepts_none_dimensions():
+    @tp.function(input_signature=[tp.TensorSpec([None, 2], "float32")])
+    def f(x):
+        return tp.reduce_sum(x, axis=1)
+
+    np.testing.assert_array_equal(f(tp.constant([[1.0, 2.0]])).numpy(), [3.0])
+    np.testing.assert_array_equal(f(tp.constant([[1.0, 2.0], [3.0, 4.0]])).numpy(), [3.0, 7.0])
+    with pytest.raises(ValueError, match="incompatible with input_signature"):
+        f(tp.constant([[1.0, 2.0, 3.0]]))
+    with pytest.raises(ValueError, match="incompatible with input_signature"):
+        f(tp.constant([[1, 2]]))               # int32, not float32
+    with pytest.raises(ValueError, match="incompatible with input_signature"):
+        f(2.0)                                 # a Python value is not a tensor
+    with pytest.raises(TypeError, match="TensorSpec"):
+        tp.function(lambda x: x, input_signature=[(2, 3)])
+
+
+def test_get_concrete_function_traces_without_running_state_changes():
+    v = tp.Variable(1.0)
+    traced = []
+
+    @tp.function
+    def bump(x):
+        traced.append(1)
+        v.assign_add(x)
+        return v.read_value() * 2.0
+
+    cf = bump.get_concrete_function(tp.TensorSpec([], "float32"))
+    assert isinstance(cf, tp.traced_function.ConcreteFunction)
+    assert len(traced) == 1 and v.numpy() == 1.0     # traced, not run
+    assert float(bump(tp.constant(2.0))) == 6.0      # same signature: no retrace
+    assert float(cf(tp.constant(1.0))) == 8.0
+    assert v.numpy() == 4.0 and len(traced) == 1
+
+
+def test_variables_may_be_created_on_the_first_trace_only():
+    class Scale:
+        def __init__(self):
+            self.w = None
+
+        @tp.function
+        def __call__(self, x):
+            if self.w is None:
+                self.w = tp.Variable(tp.ones_like(x) * 3.0)
+            return x * self.w
+
+    m = Scale()
+    np.testing.assert_array_equal(m(tp.constant([1.0, 2.0])).numpy(), [3.0, 6.0])
+    m.w.assign([1.0, 1.0])
+    np.testing.assert_array_equal(m(tp.constant([5.0, 6.0])).numpy(), [5.0, 6.0])
+
+    @tp.function
+    def fresh(x):
+        return x * tp.Variable(2.0)
+
+    fresh(tp.constant(1.0))
+    with pytest.raises(ValueError, match="first trace"):
+        fresh(tp.constant([1.0, 2.0]))  # a retrace that creates a variable
+
+
+def test_methods_are_traced_per_instance():
+    class Affine:
+        def __init__(self, a):
+            self.a = tp.Variable(a)
+
+        @tp.function
+        def __call__(self, x):
+            return x * self.a + 1.0
+
+    p, q = Affine(2.0), Affine(-1.0)
+    assert float(p(tp.constant(3.0))) == 7.0 and float(q(tp.constant(3.0))) == -2.0
+    assert float(p(tp.constant(4.0))) == 9.0
+
+
+@pytest.mark.parametrize("body", [
+    lambda x: x * 2.0 if x > 0 else -x,
+    lambda x: x * float(tp.reduce_sum(x)),
+    lambda x: x * x.numpy(),
+    lambda x: [x for _ in range(int(tp.reduce_sum(x)))][0],
+])
+def test_python_control_flow_on_a_traced_value_fails_at_trace_time(body):
+    f = tp.function(body)
+    with pytest.raises(TraceError, match="not allowed inside tp.function"):
+        f(tp.constant(1.0))
+
+
+def test_python_control_flow_on_python_values_and_constants_is_fine():
+    c = tp.constant(2.0)
+
+    @tp.function
+    def f(x, flip):
+        if flip and float(c) > 1:  # c is a captured constant, flip a Python value
+            return -x
+        return x
+
+    assert float(f(tp.constant(3.0), True)) == -3.0
+    assert float(f(tp.constant(3.0), False)) == 3.0
+
+
+def test_nested_and_persistent_tapes_inside_replay_second_derivatives():
+    @tp.function
+    def derivs(x):
+        with tp.GradientTape() as outer:
+            outer.watch(x)
+            with tp.GradientTape(persistent=True) as inner:
+                inner.watch(x)
+                y = x * x * x
+                z = tp.sin(x)
+            dy = inner.gradient(y, x)
+            dz = inner.gradient(z, x)
+        return dy, outer.gradient(dy, x), dz
+
+    for value in (1.5, -2.0, 0.25):
+        dy, d2y, dz = derivs(tp.constant(value))
+        assert dy.numpy() == pytest.approx(3 * value ** 2, rel=1e-6)
+        assert d2y.numpy() == pytest.approx(6 * value, rel=1e-6)
+        assert dz.numpy() == pytest.approx(np.cos(value), rel=1e-6)
+    assert derivs.experimental_get_tracing_count() == 1
+
+
+def test_custom_gradient_and_value_dependent_masks_are_recomputed_on_replay():
+    @tp.custom_gradient
+    def clip_grad(x):
+        return tp.identity(x), lambda g: tp.clip_by_value(g, -1.0, 1.0)
+
+    @tp.function
+    def f(x):
+        with tp.GradientTape() as tape:
+            tape.watch(x)
+            y = tp.reduce_sum(clip_grad(tp.maximum(x, 0.0) * 3.0) + tp.nn.relu(x) * x)
+        return tape.gradient(y, x)
+
+    for xs in ([1.0, -2.0, 0.5], [-1.0, 2.0, -0.5]):
+        x = tp.constant(xs)
+        with tp.GradientTape() as tape:
+            tape.watch(x)
+            y = tp.reduce_sum(clip_grad(tp.maximum(x, 0.0) * 3.0) + tp.nn.relu(x) * x)
+        np.testing.assert_array_equal(f(x).numpy(), tape.gradient(y, x).numpy())
+
+
+def test_derived_values_and_dropout_are_recomputed_per_call():
+    @tp.function
+    def acc(logits, labels):
+        pred = tp.argmax(logits, axis=1, output_type="int32")
+        hits = tp.cast(tp.equal(pred, labels), "float32")
+        return tp.reduce_mean(hits), tp.one_hot(labels, 3)
+
+    logits = tp.constant([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
+    a1, h1 = acc(logits, tp.constant([1, 0]))
+    a2, h2 = acc(logits, tp.constant([2, 0]))
+    assert float(a1) == 1.0 and float(a2) == 0.5
+    np.testing.assert_array_equal(h2.numpy(), [[0, 0, 1], [1, 0, 0]])
+
+    drop = tp.function(lambda x: tp.nn.dropout(x, 0.5))
+    masks = {tuple(drop(tp.ones((64,))).numpy()) for _ in range(3)}
+    assert len(masks) == 3
+
+
+def test_steady_state_replay_allocates_no_full_size_array():
+    vs = _mlp(sizes=(256, 1024, 10))
+    (x, y), = _batches(1, b=64, d=256, k=10)
+
+    @tp.function
+    def step(x, y):
+        with tp.GradientTape() as tape:
+            loss = _loss(vs, x, y)
+        for v, g in zip(vs, tape.gradient(loss, vs)):
+            v.assign_sub(0.05 * g)
+        return loss
+    xt, yt = tp.constant(x), tp.constant(y)
+    for _ in range(3):
+        step(xt, yt)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for _ in range(5):
+            step(xt, yt)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    # The hidden activation is 64 x 1024 float32 = 256 KiB and W1 1 MiB. What remains is
+    # NumPy's own iterator buffer for broadcasting ufuncs (at most 8192 elements) and a few
+    # Python objects.
+    assert peak < 48 * 1024, peak
+
+
+def test_plan_reuses_buffers_and_runs_views_in_place():
+    vs = _mlp(sizes=(16, 8, 4))
+
+    @tp.function
+    def step(x, y):
+        with tp.GradientTape() as tape:
+            loss = _loss(vs, x, y)
+        for v, g in zip(vs, tape.gradient(loss, vs)):
+            v.assign_sub(0.1 * g)
+        return loss
+    (x, y), = _batches(1, b=8, d=16, k=4)
+    plan = step.get_concrete_function(tp.constant(x), tp.constant(y)).plan
+    kernels = [s for s in plan.steps if s[0] == "kernel"]
+    assert len(plan.buffers) < len(kernels)        # buffers shared by liveness / in place
+    assert not any(s[0] == "alloc" for s in plan.steps), plan.source
+
+
+def test_outer_tape_differentiates_through_a_traced_call():
+    w = tp.Variable([1.0, -2.0])
+    f = tp.function(lambda x: tp.reduce_sum(w * x * x))
+    x = tp.constant([3.0, 4.0])
+    with tp.GradientTape() as tape:
+        y = f(x)
+    np.testing.assert_array_equal(tape.gradient(y, w).numpy(), [9.0, 16.0])
+
+
+def test_traced_index_arrays_in_static_parameters_are_refused():
+    f = tp.function(lambda x, i: tp.gather(x, i))
+    with pytest.raises(TraceError, match="static parameter"):
+        f(tp.constant([1.0, 2.0, 3.0]), tp.constant([2, 0]))
