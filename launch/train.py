@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 
 from tapeflow.launch.cli import (
     HelpFormatter, Parser, Stopped, signal_name, UsageError, check_writable_dir, check_writable_file, fail,
@@ -154,7 +155,8 @@ def _check_resume(args: argparse.Namespace) -> None:
 
     manifest, path, problems = None, None, []
     for candidate in reversed(ckpt.list_checkpoints(args.checkpoint_dir)):
-        try:
+        try:  # fully verified (tensor file too), as the restore will; every rank decides alike
+            ckpt.load(candidate)
             manifest, path = ckpt.read_manifest(candidate), candidate
             break
         except ckpt.CheckpointError as e:
@@ -445,7 +447,11 @@ def _main(argv: list[str]) -> int:
                       to_device=to_device, config=run_config(args))
     dist.broadcast_variables(model.variables, root=0, comm=comm)
     try:
-        restored = (args.resume or args.evaluate_only) and trainer.restore()
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always")
+            restored = bool(args.resume or args.evaluate_only) and trainer.restore()
+        for w in skipped:  # a damaged newer checkpoint passed over: one line each
+            say(f"{PROG}: warning: {w.message}", file=sys.stderr)
     except ckpt.CheckpointError as e:
         return _agreed_exit(comm, 2, f"cannot resume: {e}")
     if args.evaluate_only:
