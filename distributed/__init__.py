@@ -18,13 +18,15 @@ after ``$TAPEFLOW_STALL_TIMEOUT`` s. See :mod:`tapeflow.distributed.faults`.
 from .api import (
     allgather, allgather_object, allreduce, average_metrics, barrier, broadcast,
     broadcast_object, broadcast_optimizer_state, broadcast_variables, cross_rank, cross_size,
-    grouped_allreduce, local_rank, local_size, rank, size,
+    alltoall, grouped_allreduce, local_rank, local_size, new_group, rank, reducescatter, size,
 )
 from .base import REDUCE_OPS, Communicator, Layout, Reducer
 from .faults import MismatchError
+from .join import Join, join
 from .launcher import find_mpiexec, mpiexec_argv, run_mpiexec, threads_per_rank
 from .local import LocalCommunicator
 from .registry import available_backends, get_comm, init, register_backend
+from .optimizer import DistributedOptimizer
 from .tape import DEFAULT_BUCKET_BYTES, DistributedGradientTape, GradientAccumulation, tape_factory
 
 
@@ -42,8 +44,8 @@ __all__ = [
     "MismatchError",
     "rank", "size", "local_rank", "local_size", "cross_rank", "cross_size",
     "allreduce", "grouped_allreduce", "allgather", "broadcast", "broadcast_object",
-    "allgather_object", "barrier",
-    "DistributedGradientTape", "GradientAccumulation", "DEFAULT_BUCKET_BYTES", "tape_factory",
+    "allgather_object", "barrier", "alltoall", "reducescatter", "new_group", "join", "Join",
+    "DistributedGradientTape", "DistributedOptimizer", "GradientAccumulation", "DEFAULT_BUCKET_BYTES", "tape_factory",
     "broadcast_variables", "broadcast_optimizer_state", "average_metrics",
     "find_mpiexec", "mpiexec_argv", "run_mpiexec", "threads_per_rank",
 ]

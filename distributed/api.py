@@ -14,8 +14,8 @@ from .registry import get_comm
 
 __all__ = ["rank", "size", "local_rank", "local_size", "cross_rank", "cross_size",
            "allreduce", "grouped_allreduce", "allgather", "broadcast", "broadcast_object",
-           "allgather_object", "barrier", "broadcast_variables", "broadcast_optimizer_state",
-           "average_metrics"]
+           "allgather_object", "barrier", "alltoall", "reducescatter", "new_group",
+           "broadcast_variables", "broadcast_optimizer_state", "average_metrics"]
 
 
 def _c(comm: Communicator | None) -> Communicator:
@@ -62,8 +62,8 @@ def grouped_allreduce(xs: Sequence, op: str = "average", comm: Communicator | No
     return _c(comm).grouped_allreduce(list(xs), op)
 
 
-def allgather(x: Any, comm: Communicator | None = None) -> list:
-    """Every rank's ``x`` (first dimensions may differ)."""
+def allgather(x: Any, comm: Communicator | None = None) -> Any:
+    """Every rank's ``x`` concatenated along axis 0 (first dimensions may differ)."""
     return _c(comm).allgather(x)
 
 
@@ -80,6 +80,24 @@ def broadcast_object(obj: Any = None, root: int = 0, comm: Communicator | None =
 def allgather_object(obj: Any, comm: Communicator | None = None) -> list:
     """Every rank's JSON-serialisable ``obj``."""
     return _c(comm).allgather_object(obj)
+
+
+def alltoall(x: Any, splits: Any = None, comm: Communicator | None = None) -> Any:
+    """``splits[r]`` rows of ``x`` to rank ``r``, the rows every rank sent here gathered;
+    ``(gathered, received_splits)`` when ``splits`` is given (Horovod)."""
+    return _c(comm).alltoall(x, splits)
+
+
+def reducescatter(x: Any, op: str = "sum", comm: Communicator | None = None) -> Any:
+    """``x`` reduced over the ranks, this rank's part of axis 0 (the first ``len % size``
+    ranks get one row more)."""
+    return _c(comm).reducescatter(x, op)
+
+
+def new_group(ranks: Sequence[int], comm: Communicator | None = None) -> Communicator | None:
+    """A communicator over ``ranks`` (a process set). Every rank of ``comm`` calls it with the
+    same list; members get the group (ranks numbered in the order given), others ``None``."""
+    return _c(comm).new_group(ranks)
 
 
 def barrier(comm: Communicator | None = None) -> None:

@@ -40,7 +40,7 @@ REDUCE_OPS = ("average", "sum", "min", "max", "product")
 #: collective kinds, as sent in signatures (the code is the index)
 KINDS = ("allreduce", "allgather", "broadcast", "barrier", "allgather_object",
          "broadcast_object", "reduce_gradients", "exit", "alltoall", "reducescatter",
-         "grouped_allreduce")
+         "grouped_allreduce", "join", "new_group")
 _KIND_CODE = {k: i + 1 for i, k in enumerate(KINDS)}
 _OP_CODE = {op: i + 1 for i, op in enumerate(REDUCE_OPS)}
 # dtype -> code sent in signatures; float16 is reduced in float32 (MPI has no float16 math)
@@ -165,6 +165,16 @@ class Signature:
         return f
 
     @staticmethod
+    def decode(f: np.ndarray) -> dict:
+        """The fields of an encoded signature that a joined rank needs to take part."""
+        f = [int(v) for v in f]
+        return {"kind": KINDS[f[1] - 1] if 0 < f[1] <= len(KINDS) else "?",
+                "op": REDUCE_OPS[f[2] - 1] if 0 < f[2] <= len(REDUCE_OPS) else None,
+                "dtype": DTYPES[f[3] - 1] if 0 < f[3] <= len(DTYPES) else None,
+                "root": f[4] if f[4] != ANY else None,
+                "count": f[5] if f[5] != ANY else 0}
+
+    @staticmethod
     def describe(f: np.ndarray) -> str:
         """A readable rendering of an encoded signature."""
         f = [int(v) for v in f]
@@ -203,8 +213,8 @@ def first_difference(sigs: np.ndarray, me: int) -> int | None:
         row = sigs[r]
         for i in range(_NFIELDS):
             v = row[i]
-            if v == ANY or i == 14:
-                continue
+            if v == ANY or i in (13, 14):  # the step is reported, not compared (dist.join
+                continue                     # lets ranks take different numbers of steps)
             if ref[i] == ANY:
                 ref[i] = v
             elif ref[i] != v:
@@ -329,6 +339,18 @@ class Reducer(ABC):
 
 # -- the interface --------------------------------------------------------------------------------
 
+def _collectives():
+    from . import collectives  # the Tensor-level layer; it imports tapeflow lazily itself
+
+    return collectives
+
+
+def even_splits(n: int, size: int, what: str) -> list[int]:
+    if n % size:
+        raise ValueError(f"{what}: the first dimension ({n}) does not split evenly over {size} "
+                         "ranks; pass splits=[rows for rank 0, rows for rank 1, ...]")
+    return [n // size] * size
+
 class Communicator(ABC):
     """A group of ``size`` processes; collectives must be called by every rank in the same order.
 
@@ -374,19 +396,58 @@ class Communicator(ABC):
     def backend(self) -> str:
         """The registry name: ``"mpi"``, ``"local"``, ..."""
 
-    @abstractmethod
+    # -- collectives on arrays and Tensors (differentiable under a tape; collectives.py) -------
     def allreduce(self, x: Any, op: str = "average") -> Any:
         """``x`` reduced over all ranks (a new array or Tensor on every rank)."""
+        return _collectives().allreduce(self, x, op)
 
-    @abstractmethod
-    def allgather(self, x: Any) -> list:
-        """Every rank's ``x``, indexed by rank. First dimensions may differ; dtype and the other
-        dimensions must agree."""
+    def grouped_allreduce(self, xs: Sequence, op: str = "average") -> list:
+        """Several arrays or Tensors reduced as one checked collective (fused per dtype)."""
+        return _collectives().grouped_allreduce(self, xs, op)
 
-    @abstractmethod
+    def allgather(self, x: Any) -> Any:
+        """Every rank's ``x`` concatenated along axis 0 in rank order; first dimensions may
+        differ, dtype and the other dimensions must agree (a scalar gives a vector)."""
+        return _collectives().allgather(self, x)
+
     def broadcast(self, x: Any = None, root: int = 0) -> Any:
         """Root's ``x`` on every rank (elsewhere ``x`` may be ``None``; if given it must match
         root's shape and dtype)."""
+        return _collectives().broadcast(self, x, root)
+
+    def alltoall(self, x: Any, splits: Any = None) -> Any:
+        """Send ``splits[r]`` rows of ``x`` to rank ``r`` and gather what every rank sends
+        here; ``(gathered, received_splits)`` when ``splits`` is given."""
+        return _collectives().alltoall(self, x, splits)
+
+    def reducescatter(self, x: Any, op: str = "sum") -> Any:
+        """``x`` reduced (``sum`` or ``average``) and split along axis 0 over the ranks."""
+        return _collectives().reducescatter(self, x, op)
+
+    # -- what an implementation provides (NumPy arrays in and out) ------------------------------
+    @abstractmethod
+    def _allreduce(self, arr: np.ndarray, op: str) -> np.ndarray:
+        """A fresh array: ``arr`` reduced by ``op`` over the ranks."""
+
+    @abstractmethod
+    def _grouped_allreduce(self, arrs: list, op: str) -> list:
+        """Fresh arrays: each of ``arrs`` reduced, as one checked collective."""
+
+    @abstractmethod
+    def _allgather(self, arr: np.ndarray) -> list:
+        """Every rank's array, by rank."""
+
+    @abstractmethod
+    def _broadcast(self, arr: np.ndarray | None, root: int) -> np.ndarray:
+        """Root's array."""
+
+    @abstractmethod
+    def _alltoall(self, arr: np.ndarray, splits: list | None) -> tuple[np.ndarray, list]:
+        """The gathered rows and how many came from each rank."""
+
+    @abstractmethod
+    def _reducescatter(self, arr: np.ndarray, op: str) -> np.ndarray:
+        """This rank's rows of the reduction."""
 
     @abstractmethod
     def allgather_object(self, obj: Any) -> list:
@@ -404,6 +465,15 @@ class Communicator(ABC):
     def reducer(self, layout: Layout, op: str = "average", *,
                 check_finite: bool = False) -> Reducer:
         """A :class:`Reducer` for ``layout`` (local; the reductions it runs are collective)."""
+
+    @abstractmethod
+    def new_group(self, ranks: Sequence[int]) -> "Communicator | None":
+        """A communicator over ``ranks`` (collective: every rank calls it with the same list);
+        ``None`` on ranks outside the group."""
+
+    @abstractmethod
+    def _join(self) -> int:
+        """Answer other ranks' collectives until every rank joined (see ``dist.join``)."""
 
     def close(self) -> None:
         """Release the communicator's resources (collective for MPI)."""

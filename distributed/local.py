@@ -11,7 +11,7 @@ import numpy as np
 
 from .base import (
     Communicator, Layout, LeasePool, Reducer, check_dtype, check_op, check_root, json_bytes,
-    json_load, unwrap,
+    json_load,
 )
 
 __all__ = ["LocalCommunicator", "LocalReducer"]
@@ -61,26 +61,49 @@ class LocalCommunicator(Communicator):
     def dup(self) -> "LocalCommunicator":
         return LocalCommunicator()
 
-    def allreduce(self, x: Any, op: str = "average") -> Any:
-        arr, rewrap = unwrap(x)
+    def new_group(self, ranks) -> "LocalCommunicator":
+        if [int(r) for r in ranks] != [0]:
+            raise ValueError(f"new_group: ranks must be distinct ranks in [0, 1), got "
+                             f"{list(ranks)}")
+        return LocalCommunicator()
+
+    def _join(self) -> int:
+        return 0
+
+    def _allreduce(self, arr: np.ndarray, op: str) -> np.ndarray:
         _fail(check_op(op, arr.dtype, "allreduce"))
-        return rewrap(np.array(arr, order="C", copy=True))
+        return np.array(arr, order="C", copy=True)
 
-    def grouped_allreduce(self, xs: list, op: str = "average") -> list:
-        return [self.allreduce(x, op) for x in xs]
+    def _grouped_allreduce(self, arrs: list, op: str) -> list:
+        return [self._allreduce(a, op) for a in arrs]
 
-    def allgather(self, x: Any) -> list:
-        arr, rewrap = unwrap(x)
+    def _allgather(self, arr: np.ndarray) -> list:
         _fail(check_dtype(arr.dtype, "allgather"))
-        return [rewrap(np.array(arr, order="C", copy=True))]
+        return [np.array(arr, order="C", copy=True)]
 
-    def broadcast(self, x: Any = None, root: int = 0) -> Any:
+    def _broadcast(self, arr: np.ndarray | None, root: int) -> np.ndarray:
         check_root(root, 1)
-        if x is None:
+        if arr is None:
             raise ValueError("broadcast: the root rank 0 must pass an array, got None")
-        arr, rewrap = unwrap(x)
         _fail(check_dtype(arr.dtype, "broadcast"))
-        return rewrap(np.array(arr, order="C", copy=True))
+        return np.array(arr, order="C", copy=True)
+
+    def _alltoall(self, arr: np.ndarray, splits: list | None) -> tuple[np.ndarray, list]:
+        _fail(check_dtype(arr.dtype, "alltoall"))
+        if arr.ndim == 0:
+            raise ValueError("alltoall: needs at least one dimension to split, got a scalar")
+        if splits is not None and list(splits) != [arr.shape[0]]:
+            raise ValueError(f"alltoall: splits must be 1 row count summing to the first "
+                             f"dimension {arr.shape[0]}, got {list(splits)}")
+        return np.array(arr, order="C", copy=True), [int(arr.shape[0])]
+
+    def _reducescatter(self, arr: np.ndarray, op: str) -> np.ndarray:
+        _fail(check_op(op, arr.dtype, "reducescatter"))
+        if op not in ("sum", "average"):
+            raise ValueError(f"reducescatter: op must be 'sum' or 'average', got {op!r}")
+        if arr.ndim == 0:
+            raise ValueError("reducescatter: needs at least one dimension to split, got a scalar")
+        return np.array(arr, order="C", copy=True)
 
     def allgather_object(self, obj: Any) -> list:
         return [json_load(json_bytes(obj))]

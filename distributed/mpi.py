@@ -26,8 +26,8 @@ from .base import DTYPES as _DTYPE_LIST
 from .base import REDUCE_OPS as _OPS
 from .base import (
     KINDS, Communicator, Layout, LeasePool, Reducer, Signature, check_dtype, check_op,
-    check_root, first_difference, json_bytes, json_load, mismatch_message, shape_crc, text_crc,
-    unwrap,
+    check_root, even_splits, first_difference, json_bytes, json_load, mismatch_message,
+    shape_crc, text_crc,
 )
 from .reducers import BucketReducer, SharedMemoryReducer, mpi_op, mpi_type
 from .faults import COMPUTING, EXITING, WAITING, MismatchError, StatusBoard, Waiter
@@ -36,7 +36,29 @@ __all__ = ["MPICommunicator", "SHARED_MEMORY_ENV"]
 
 SHARED_MEMORY_ENV = "TAPEFLOW_SHARED_MEMORY"
 _KIND_CODE = {k: i + 1 for i, k in enumerate(KINDS)}
+_JOIN_CODE = _KIND_CODE["join"]
+# what a joined rank can answer: it needs nothing but the signature to take part
+_JOINABLE = ("reduce_gradients", "allreduce", "broadcast", "broadcast_object", "allgather",
+             "allgather_object", "barrier")
 _OPEN: list = []  # weak references to open MPI communicators, in creation order
+
+
+def _neutral(op: str, dtype: np.dtype, count: int) -> np.ndarray:
+    """``count`` values of ``dtype`` that leave a reduction by ``op`` unchanged."""
+    if op in ("max", "min"):
+        info = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
+        value = info.min if op == "max" else info.max
+        if dtype.kind == "f":
+            value = -np.inf if op == "max" else np.inf
+        return np.full(count, value, dtype=dtype)
+    return np.full(count, 1 if op == "product" else 0, dtype=dtype)
+
+
+def _error(problem: str | None) -> Exception | None:
+    """The exception for an argument problem (raised after every rank took part)."""
+    if not problem:
+        return None
+    return (TypeError if "dtype" in problem else ValueError)(problem)
 
 
 class _Agreement:
@@ -72,9 +94,13 @@ class MPICommunicator(Communicator):
         node = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self._rank)
         self._local_rank, self._local_size = node.Get_rank(), node.Get_size()
         node.Free()
+        cross = self._comm.Split(color=self._local_rank, key=self._rank)  # one rank per node
+        self._cross_rank, self._cross_size = cross.Get_rank(), cross.Get_size()
+        cross.Free()
         self._board = StatusBoard(self._comm, KINDS)
         self.waiter = Waiter(self._rank, self._size, self._board, stall_warn, stall_timeout)
         self._seq = 0
+        self._joined: list[int] = []  # ranks inside dist.join() during this collective
         self._pool = LeasePool()
         self._owner: int | None = None      # the thread that calls collectives
         self._busy = threading.Lock()
@@ -95,7 +121,35 @@ class MPICommunicator(Communicator):
     size = property(lambda self: self._size, doc="Number of ranks.")
     local_rank = property(lambda self: self._local_rank, doc="Rank among this node's ranks.")
     local_size = property(lambda self: self._local_size, doc="Ranks on this node.")
+    cross_rank = property(lambda self: self._cross_rank, doc="Index of this rank's node.")
+    cross_size = property(lambda self: self._cross_size, doc="Number of nodes.")
     backend = property(lambda self: "mpi", doc='``"mpi"``.')
+
+    def new_group(self, ranks) -> "MPICommunicator | None":
+        """A communicator over ``ranks`` (a process set; collective over this communicator:
+        every rank calls it with the same list). Members get a communicator whose ranks are
+        numbered in the order of ``ranks``; other ranks get ``None``."""
+        ranks = [int(r) for r in ranks]
+        error = None
+        if not ranks or len(set(ranks)) != len(ranks) or min(ranks) < 0 or \
+                max(ranks) >= self._size:
+            error = ValueError(f"new_group: ranks must be distinct ranks in [0, {self._size}), "
+                               f"got {ranks}")
+
+        def body():
+            self._agree(Signature("new_group", crc=text_crc(repr(ranks))), error)
+            MPI = self._MPI
+            color = 0 if self._rank in ranks else MPI.UNDEFINED
+            key = ranks.index(self._rank) if self._rank in ranks else 0
+            return self._comm.Split(color=color, key=key)
+
+        sub = self._collective("new_group", body)
+        if sub == self._MPI.COMM_NULL:
+            return None
+        group = MPICommunicator(comm=sub, shared_memory=self._shm is not None,
+                                stall_warn=self.waiter.warn, stall_timeout=self.waiter.timeout)
+        sub.Free()
+        return group
 
     @property
     def shared_memory(self) -> bool:
@@ -152,11 +206,29 @@ class MPICommunicator(Communicator):
         self.waiter.wait(a.request.Test, a.what, self._seq, may_abort=may_abort)
         if a.error is not None:
             raise a.error
-        bad = first_difference(a.sigs, self._rank)
+        sigs = a.sigs
+        joined = [r for r in range(self._size) if sigs[r][1] == _JOIN_CODE]
+        self._joined = joined
+        if joined:  # ranks inside dist.join() answer with neutral contributions
+            if a.what not in _JOINABLE:
+                raise MismatchError(
+                    f"{a.what} #{self._seq} on rank {self._rank}: ranks {joined} have joined "
+                    f"(dist.join) and can only take part in {', '.join(_JOINABLE)}; "
+                    "nothing was combined")
+            rows = [r for r in range(self._size) if r not in joined]
+            root = int(sigs[rows[0]][4])
+            if root in joined:
+                raise MismatchError(f"{a.what} #{self._seq} on rank {self._rank}: the root, "
+                                    f"rank {root}, has joined (dist.join); nothing was sent")
+            bad = first_difference(sigs[rows], self._rank)
+            if bad is not None:
+                bad = rows[bad]
+        else:
+            bad = first_difference(sigs, self._rank)
         if bad is not None:
             raise MismatchError(f"{a.what} #{self._seq} on rank {self._rank}: "
-                                + mismatch_message(a.sigs, bad))
-        return a.sigs
+                                + mismatch_message(sigs, bad))
+        return sigs
 
     def _agree(self, sig: Signature, error: Exception | None = None) -> np.ndarray:
         return self._agree_finish(self._agree_start(sig, error))
@@ -173,71 +245,88 @@ class MPICommunicator(Communicator):
 
     # -- reductions --------------------------------------------------------------------------
     def _reduce_into(self, work: np.ndarray, op: str, what: str) -> None:
-        """Reduce the C-contiguous ``work`` in place (after the ranks agreed on it)."""
+        """Reduce the C-contiguous ``work`` in place (after the ranks agreed on it). While
+        some ranks have joined (``dist.join``) they add neutral values, and an average counts
+        only the ranks still stepping."""
+        active = self._size - len(self._joined)
+        wire = "sum" if op == "average" and self._joined else op
         if self._shm is not None and self._shm.eligible(work.nbytes, work.dtype):
-            self._shm.allreduce_([work], op)
-            return
-        MPI = self._MPI
-        acc = work.astype(np.float32) if work.dtype == np.float16 else work
-        if acc.size:
-            req = self._comm.Iallreduce(MPI.IN_PLACE, [acc, mpi_type(MPI, acc.dtype)],
-                                        op=mpi_op(MPI, op))
-            self._wait(req, what)
-        if op == "average":
-            np.multiply(acc, acc.dtype.type(1.0 / self._size), out=acc)
-        if acc is not work:
-            np.copyto(work, acc, casting="unsafe")
+            self._shm.allreduce_([work], wire)
+        else:
+            MPI = self._MPI
+            acc = work.astype(np.float32) if work.dtype == np.float16 else work
+            if acc.size:
+                req = self._comm.Iallreduce(MPI.IN_PLACE, [acc, mpi_type(MPI, acc.dtype)],
+                                            op=mpi_op(MPI, wire))
+                self._wait(req, what)
+            if wire == "average":
+                np.multiply(acc, acc.dtype.type(1.0 / self._size), out=acc)
+            if acc is not work:
+                np.copyto(work, acc, casting="unsafe")
+        if op == "average" and self._joined:
+            np.multiply(work, work.dtype.type(1.0 / active), out=work)
 
-    def allreduce(self, x: Any, op: str = "average") -> Any:
-        arr, rewrap = unwrap(x)
-
+    def _allreduce(self, arr: np.ndarray, op: str) -> np.ndarray:
         def body():
             problem = check_op(op, arr.dtype, "allreduce")
-            error = TypeError(problem) if problem and "dtype" in problem else (
-                ValueError(problem) if problem else None)
             self._agree(Signature("allreduce", op if op in _OPS else None, arr.dtype,
-                                  tuple(arr.shape)), error)
+                                  tuple(arr.shape)), _error(problem))
             out = self._pool.take(arr.nbytes).view(arr.dtype).reshape(arr.shape)
             np.copyto(out, arr)
             self._reduce_into(out.reshape(-1), op, "allreduce")
-            return rewrap(out)
+            return out
 
         return self._collective("allreduce", body)
 
-    def grouped_allreduce(self, xs: list, op: str = "average") -> list:
-        """Reduce several arrays as one checked collective (fused into one buffer per dtype)."""
-        pairs = [unwrap(x) for x in xs]
-
+    def _grouped_allreduce(self, arrs: list, op: str) -> list:
         def body():
-            problem = next((p for a, _ in pairs if (p := check_op(op, a.dtype,
-                                                                  "grouped_allreduce"))), None)
-            layout = repr([(a.dtype.str, a.shape) for a, _ in pairs])
+            problem = next((p for a in arrs if (p := check_op(op, a.dtype,
+                                                              "grouped_allreduce"))), None)
+            layout = repr([(a.dtype.str, a.shape) for a in arrs])
             self._agree(Signature("grouped_allreduce", op if op in _OPS else None,
-                                  count=sum(a.size for a, _ in pairs),
-                                  crc=text_crc(layout)),
-                        ValueError(problem) if problem else None)
-            out = []
-            for dtype in sorted({a.dtype for a, _ in pairs}, key=str):
-                members = [(i, a) for i, (a, _) in enumerate(pairs) if a.dtype == dtype]
-                total = sum(a.size for _, a in members)
+                                  count=sum(a.size for a in arrs), crc=text_crc(layout)),
+                        _error(problem))
+            out: list = [None] * len(arrs)
+            for dtype in sorted({a.dtype for a in arrs}, key=str):
+                members = [i for i, a in enumerate(arrs) if a.dtype == dtype]
+                total = sum(arrs[i].size for i in members)
                 flat = self._pool.take(total * dtype.itemsize).view(dtype)
                 off = 0
-                for _, a in members:
-                    flat[off:off + a.size] = a.reshape(-1)
-                    off += a.size
+                for i in members:
+                    flat[off:off + arrs[i].size] = arrs[i].reshape(-1)
+                    off += arrs[i].size
                 self._reduce_into(flat, op, "grouped_allreduce")
                 off = 0
-                for i, a in members:
-                    out.append((i, pairs[i][1](flat[off:off + a.size].reshape(a.shape))))
-                    off += a.size
-            return [r for _, r in sorted(out, key=lambda t: t[0])]
+                for i in members:
+                    out[i] = flat[off:off + arrs[i].size].reshape(arrs[i].shape)
+                    off += arrs[i].size
+            return out
 
         return self._collective("grouped_allreduce", body)
 
+    def _reducescatter(self, arr: np.ndarray, op: str) -> np.ndarray:
+        from .collectives import scatter_rows
+
+        def body():
+            problem = check_op(op, arr.dtype, "reducescatter")
+            if not problem and op not in ("sum", "average"):
+                problem = f"reducescatter: op must be 'sum' or 'average', got {op!r}"
+            if not problem and arr.ndim == 0:
+                problem = "reducescatter: needs at least one dimension to split, got a scalar"
+            self._agree(Signature("reducescatter", op if op in _OPS else None, arr.dtype,
+                                  tuple(arr.shape)), _error(problem))
+            out = self._pool.take(arr.nbytes).view(arr.dtype).reshape(arr.shape)
+            np.copyto(out, arr)
+            self._reduce_into(out.reshape(-1), op, "reducescatter")
+            rows = scatter_rows(arr.shape[0], self._size)
+            start = sum(rows[:self._rank])
+            return out[start:start + rows[self._rank]].copy()
+
+        return self._collective("reducescatter", body)
+
     # -- gathers and broadcasts ------------------------------------------------------------------
-    def allgather(self, x: Any) -> list:
+    def _allgather(self, arr: np.ndarray) -> list:
         MPI = self._MPI
-        arr, rewrap = unwrap(x)
         arr = np.ascontiguousarray(arr)
 
         def body():
@@ -245,27 +334,31 @@ class MPICommunicator(Communicator):
             tail = tuple(arr.shape[1:]) if arr.ndim else None
             self._agree(Signature("allgather", None, arr.dtype,
                                   crc=shape_crc((arr.ndim, *(tail or ())))),
-                        TypeError(problem) if problem else None)
-            first = np.array([arr.shape[0] if arr.ndim else 1], dtype=np.int64)
-            firsts = np.empty(self._size, dtype=np.int64)
-            self._wait(self._comm.Iallgather([first, MPI.INT64_T], [firsts, MPI.INT64_T]),
+                        _error(problem))
+            rows = arr.shape[0] if arr.ndim else 1
+            mine = np.array([rows, arr.nbytes], dtype=np.int64)   # rows and bytes
+            pairs = np.empty((self._size, 2), dtype=np.int64)
+            self._wait(self._comm.Iallgather([mine, MPI.INT64_T], [pairs, MPI.INT64_T]),
                        "allgather")
-            row = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
-            counts = [int(n) * row for n in firsts]
+            firsts = pairs[:, 0]
+            counts = [int(n) for n in pairs[:, 1]]
             displs = [int(d) for d in np.cumsum([0] + counts[:-1])]
             recv = np.empty(sum(counts), dtype=np.uint8)
             self._wait(self._comm.Iallgatherv([arr.reshape(-1).view(np.uint8), MPI.BYTE],
                                               [recv, (counts, displs), MPI.BYTE]), "allgather")
+            live = [r for r in range(self._size) if r not in self._joined]
+            firsts = [firsts[r] for r in live]
+            displs = [displs[r] for r in live]
+            counts = [counts[r] for r in live]
             shapes = [(int(n), *arr.shape[1:]) if arr.ndim else () for n in firsts]
-            return [rewrap(recv[d:d + c].view(arr.dtype).reshape(s).copy())
+            return [recv[d:d + c].view(arr.dtype).reshape(s)
                     for d, c, s in zip(displs, counts, shapes)]
 
         return self._collective("allgather", body)
 
-    def broadcast(self, x: Any = None, root: int = 0) -> Any:
+    def _broadcast(self, arr: np.ndarray | None, root: int) -> np.ndarray:
         MPI = self._MPI
         root = check_root(root, self._size)
-        arr, rewrap = (None, lambda a: a) if x is None else unwrap(x)
 
         def body():
             error = None
@@ -289,9 +382,49 @@ class MPICommunicator(Communicator):
             if data.nbytes:
                 self._wait(self._comm.Ibcast([data.reshape(-1).view(np.uint8), MPI.BYTE],
                                              root=root), "broadcast")
-            return rewrap(data)
+            return data
 
         return self._collective("broadcast", body)
+
+    def _alltoall(self, arr: np.ndarray, splits: list | None) -> tuple[np.ndarray, list]:
+        MPI = self._MPI
+        arr = np.ascontiguousarray(arr)
+
+        def body():
+            problem = check_dtype(arr.dtype, "alltoall")
+            send = None
+            if not problem and arr.ndim == 0:
+                problem = "alltoall: needs at least one dimension to split, got a scalar"
+            if not problem:
+                try:
+                    send = (even_splits(arr.shape[0], self._size, "alltoall") if splits is None
+                            else [int(s) for s in splits])
+                except ValueError as exc:
+                    problem = str(exc)
+            if send is not None and not problem and (
+                    len(send) != self._size or min(send) < 0 or sum(send) != arr.shape[0]):
+                problem = (f"alltoall: splits must be {self._size} non-negative row counts "
+                           f"summing to the first dimension {arr.shape[0]}, got {send}")
+            tail = tuple(arr.shape[1:])
+            self._agree(Signature("alltoall", None, arr.dtype,
+                                  crc=shape_crc((arr.ndim, *tail))), _error(problem))
+            sendcounts = np.array(send, dtype=np.int64)
+            recvcounts = np.empty(self._size, dtype=np.int64)
+            self._wait(self._comm.Ialltoall([sendcounts, MPI.INT64_T],
+                                            [recvcounts, MPI.INT64_T]), "alltoall")
+            row = int(np.prod(tail, dtype=np.int64)) * arr.dtype.itemsize
+            scounts = [int(n) * row for n in sendcounts]
+            rcounts = [int(n) * row for n in recvcounts]
+            sdispls = [int(d) for d in np.cumsum([0] + scounts[:-1])]
+            rdispls = [int(d) for d in np.cumsum([0] + rcounts[:-1])]
+            recv = np.empty(sum(rcounts), dtype=np.uint8)
+            self._wait(self._comm.Ialltoallv(
+                [arr.reshape(-1).view(np.uint8), (scounts, sdispls), MPI.BYTE],
+                [recv, (rcounts, rdispls), MPI.BYTE]), "alltoall")
+            out = recv.view(arr.dtype).reshape((int(recvcounts.sum()), *tail))
+            return out, [int(n) for n in recvcounts]
+
+        return self._collective("alltoall", body)
 
     def allgather_object(self, obj: Any) -> list:
         MPI = self._MPI
@@ -357,6 +490,86 @@ class MPICommunicator(Communicator):
                 and self._shm.eligible(sum(layout.nbytes), dtypes.pop())):
             return SharedMemoryReducer(self, layout, op, check_finite)
         return BucketReducer(self, layout, op, check_finite)
+
+    # -- uneven inputs: dist.join ----------------------------------------------------------------
+    def _join(self) -> int:
+        """Answer the other ranks' collectives with neutral contributions until every rank has
+        joined; return how many collectives this rank answered (see :mod:`.join`)."""
+        self._enter("join")
+        served = 0
+        try:
+            while True:
+                a = self._agree_start(Signature("join"))
+                self.waiter.wait(a.request.Test, "join", self._seq)
+                sigs = a.sigs
+                active = [r for r in range(self._size) if sigs[r][1] != _JOIN_CODE]
+                if not active:
+                    return served
+                self._joined = [r for r in range(self._size) if r not in active]
+                self._answer(Signature.decode(sigs[active[0]]))
+                served += 1
+        finally:
+            self._joined = []
+            self._leave()
+
+    def _answer(self, sig: dict) -> None:
+        """Take part in the active ranks' collective ``sig`` as a joined rank."""
+        MPI, kind = self._MPI, sig["kind"]
+        if kind not in _JOINABLE:
+            raise MismatchError(f"join on rank {self._rank}: the other ranks called {kind}, "
+                                "which a joined rank cannot take part in")
+        if sig["root"] is not None and sig["root"] in self._joined:
+            raise MismatchError(f"join on rank {self._rank}: the other ranks broadcast from "
+                                f"rank {sig['root']}, which has joined")
+        if kind in ("reduce_gradients", "allreduce"):
+            op, dtype, count = sig["op"], sig["dtype"], sig["count"]
+            neutral = _neutral(op, dtype, count)
+            if kind == "allreduce":
+                self._reduce_into(neutral, op, "join")
+            else:
+                self._reduce_gradients_as_joined(neutral)
+        elif kind == "broadcast":
+            header = np.zeros(66, dtype=np.int64)
+            self._wait(self._comm.Ibcast([header, MPI.INT64_T], root=sig["root"]), "join")
+            dtype = _DTYPE_LIST[int(header[0])]
+            data = np.empty(tuple(int(d) for d in header[2:2 + header[1]]), dtype)
+            if data.nbytes:
+                self._wait(self._comm.Ibcast([data.reshape(-1).view(np.uint8), MPI.BYTE],
+                                             root=sig["root"]), "join")
+        elif kind == "broadcast_object":
+            length = np.zeros(1, dtype=np.int64)
+            self._wait(self._comm.Ibcast([length, MPI.INT64_T], root=sig["root"]), "join")
+            data = np.empty(int(length[0]), dtype=np.uint8)
+            self._wait(self._comm.Ibcast([data, MPI.BYTE], root=sig["root"]), "join")
+        elif kind == "allgather":  # no rows from this rank
+            pairs = np.empty((self._size, 2), dtype=np.int64)
+            self._wait(self._comm.Iallgather([np.zeros(2, np.int64), MPI.INT64_T],
+                                             [pairs, MPI.INT64_T]), "join")
+            counts = [int(n) for n in pairs[:, 1]]
+            displs = [int(d) for d in np.cumsum([0] + counts[:-1])]
+            recv = np.empty(sum(counts), dtype=np.uint8)
+            self._wait(self._comm.Iallgatherv([np.zeros(0, np.uint8), MPI.BYTE],
+                                              [recv, (counts, displs), MPI.BYTE]), "join")
+        elif kind == "allgather_object":  # JSON null from this rank
+            mine = json_bytes(None)
+            lengths = np.empty(self._size, dtype=np.int64)
+            self._wait(self._comm.Iallgather([np.array([mine.size], np.int64), MPI.INT64_T],
+                                             [lengths, MPI.INT64_T]), "join")
+            counts = [int(n) for n in lengths]
+            displs = [int(d) for d in np.cumsum([0] + counts[:-1])]
+            recv = np.empty(sum(counts), dtype=np.uint8)
+            self._wait(self._comm.Iallgatherv([mine, MPI.BYTE], [recv, (counts, displs),
+                                                                 MPI.BYTE]), "join")
+
+    def _reduce_gradients_as_joined(self, neutral: np.ndarray) -> None:
+        MPI = self._MPI
+        if self._shm is not None and self._shm.eligible(neutral.nbytes, neutral.dtype):
+            self._shm.allreduce_([neutral], "sum")
+            return
+        work = neutral.astype(np.float32) if neutral.dtype == np.float16 else neutral
+        if work.size:
+            self._wait(self._comm.Iallreduce(MPI.IN_PLACE, [work, mpi_type(MPI, work.dtype)],
+                                             op=MPI.SUM), "join")
 
     # -- closing ---------------------------------------------------------------------------------
     def close(self) -> None:

@@ -33,7 +33,26 @@ def mpi_op(MPI, op: str):
 
 
 def _check_signature(layout: Layout, op: str, tag: int) -> Signature:
-    return Signature("reduce_gradients", op, None, count=layout.count, crc=layout.crc, tag=tag)
+    dtypes = {np.dtype(d) for d, _ in layout.buckets}
+    dtype = dtypes.pop() if len(dtypes) == 1 else None  # a joined rank needs it (dist.join)
+    return Signature("reduce_gradients", op, dtype, count=layout.count, crc=layout.crc,
+                     tag=tag)
+
+
+def _joined_reduce(comm: Any, bufs: list, op: str) -> None:
+    """Reduce every bucket as one fused buffer while some ranks have joined (they contribute
+    zeros of the same length); an average counts only the ranks still stepping."""
+    if len({b.dtype for b in bufs}) != 1:
+        raise ValueError("dist.join: gradients of several dtypes cannot be reduced while a "
+                         "rank has joined; use one dtype")
+    flat = np.concatenate([b.reshape(-1) for b in bufs])
+    comm._reduce_into(flat, "sum" if op == "average" else op, "reduce_gradients")
+    if op == "average":
+        flat *= flat.dtype.type(1.0 / (comm.size - len(comm._joined)))
+    off = 0
+    for b in bufs:
+        b.reshape(-1)[:] = flat[off:off + b.size]
+        off += b.size
 
 
 def _finite(bufs: list) -> bool:
@@ -81,6 +100,8 @@ class BucketReducer(Reducer):
             if self._agreement is not None:  # the check completes before any data moves
                 agreement, self._agreement = self._agreement, None
                 self._fail_safe(c._agree_finish, agreement)
+            if c._joined:  # some ranks joined: one fused reduction in finish()
+                return
             i = self._launched
             buf = self._bufs[i]
             work = buf.astype(np.float32) if buf.dtype == np.float16 else buf
@@ -95,6 +116,13 @@ class BucketReducer(Reducer):
             self._bufs, self._work, self._agreement = [], [], None
             self._comm._leave()
 
+    def _fail_safe_joined(self, bufs: list) -> None:
+        try:
+            _joined_reduce(self._comm, bufs, self.op)
+        finally:
+            self._comm._joined = []
+            self._comm._leave()
+
     def _fail_safe(self, fn, *args):
         try:
             return fn(*args)
@@ -106,6 +134,10 @@ class BucketReducer(Reducer):
         c = self._comm
         self._ready = [True] * len(self._bufs)
         self._launch_ready()
+        if c._joined:
+            bufs, self._bufs, self._work = self._bufs, [], []
+            self._fail_safe_joined(bufs)
+            return _finite(bufs) if self.check_finite else None
         requests = self._requests
         MPI = c._MPI
         if requests:
@@ -168,7 +200,11 @@ class SharedMemoryReducer(Reducer):
         try:
             agreement, self._agreement = self._agreement, None
             c._agree_finish(agreement)
-            finite = c._shm.allreduce_(self._bufs, self.op, check_finite=self.check_finite)
+            if c._joined:
+                _joined_reduce(c, self._bufs, self.op)
+                finite = _finite(self._bufs) if self.check_finite else None
+            else:
+                finite = c._shm.allreduce_(self._bufs, self.op, check_finite=self.check_finite)
         finally:
             c._leave()
             self._bufs = []

@@ -148,13 +148,28 @@ class DistributedGradientTape:
             local = self._tape._gradient_by_id(target, leaves, output_gradients)
             self._accumulate(acc, leaves, local)
             return nest.pack_as(sources, [None] * len(leaves))
+        results = self._run(leaves, lambda on_final: self._tape._gradient_by_id(
+            target, leaves, output_gradients, on_final=on_final), mode)
+        return nest.pack_as(sources, results)
+
+    def reduce(self, grads: list, sources: list) -> list:
+        """Reduce gradients computed elsewhere (``None`` where absent) for ``sources``, as
+        :meth:`gradient` would: one checked, fused reduction (``DistributedOptimizer``)."""
+        leaves = self._tape._sources(list(sources))
+        local = {s._id: g if isinstance(g, Tensor) else Tensor(g)
+                 for s, g in zip(leaves, grads) if g is not None}
+        self.skipped = self.reduced = False
+        self.nonfinite_ranks = []
+        return self._run(leaves, lambda on_final: local, UnconnectedGradients.NONE)
+
+    def _run(self, leaves: list, sweep: Callable, mode) -> list:
+        acc = self.accumulation
         plan = self._plan(leaves)
         pos_of = {s._id: k for k, s in enumerate(leaves)}
         plan.steps += 1
         bufs = plan.reducer.start(tag=plan.steps)  # the layout check starts here
         try:
-            results = self._reduce(plan, bufs, leaves, pos_of, target, output_gradients, acc,
-                                   mode)
+            results = self._reduce(plan, bufs, leaves, pos_of, sweep, acc, mode)
         except BaseException:
             plan.reducer.cancel()
             raise
@@ -164,10 +179,10 @@ class DistributedGradientTape:
         if acc is not None:
             acc.count, acc.sums = 0, {}
         self.reduced = True
-        return nest.pack_as(sources, results)
+        return results
 
-    def _reduce(self, plan: _Plan, bufs: list, leaves: list, pos_of: dict, target,
-                output_gradients, acc, mode) -> list:
+    def _reduce(self, plan: _Plan, bufs: list, leaves: list, pos_of: dict, sweep: Callable,
+                acc, mode) -> list:
         reducer = plan.reducer
         for b, buf in zip(plan.buckets, bufs):
             b.buf, b.pending = buf, len(b.members)
@@ -184,7 +199,7 @@ class DistributedGradientTape:
                 ready_during[0] += 1
 
         t0 = time.perf_counter()
-        local = self._tape._gradient_by_id(target, leaves, output_gradients, on_final=on_final)
+        local = sweep(on_final)
         t_sweep = time.perf_counter()
         # Sources the sweep never reached (unconnected here) travel as zeros, flagged absent
         # unless accumulated gradients stand in for them.

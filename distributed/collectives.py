@@ -1,0 +1,197 @@
+"""The collectives on Tensors and arrays, each with its derivative rule beside it (mpi4jax style).
+
+Every :class:`~tapeflow.distributed.base.Communicator` method (and the module-level
+``dist.allreduce``...) comes here: arrays go straight to the implementation's array-level
+method (``comm._allreduce`` ...); Tensors go through ``tp.custom_gradient``, so a tape records
+the collective and its rule, written with these same differentiable collectives (a nested tape
+differentiates it again). With ``L = sum over ranks of each rank's loss`` (what data-parallel
+training minimises), the rules are Horovod's:
+
+* ``allreduce`` sum / average: the same reduction of the upstream gradient; ``max``/``min``:
+  the summed upstream gradient where this rank held the extremum; ``product``: the summed
+  upstream gradient times ``y / x``;
+* ``allgather``: this rank's slice of the summed upstream gradient;
+* ``broadcast``: the summed upstream gradient on the root, zeros elsewhere;
+* ``alltoall``: an ``alltoall`` of the upstream gradient back along the received splits;
+* ``reducescatter``: an ``allgather`` of the upstream gradient (divided by ``size`` for
+  ``average``).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import unwrap
+
+__all__ = ["allreduce", "grouped_allreduce", "allgather", "broadcast", "alltoall",
+           "reducescatter"]
+
+
+def _is_tensor(x: Any) -> bool:
+    return hasattr(x, "_value") and hasattr(x, "_id")
+
+
+def _tp():
+    import tapeflow as tp
+
+    return tp
+
+
+# -- allreduce ------------------------------------------------------------------------------------
+
+def allreduce(comm: Any, x: Any, op: str = "average") -> Any:
+    """``x`` reduced over the ranks of ``comm``; differentiable for Tensors."""
+    if not _is_tensor(x):
+        arr, rewrap = unwrap(x)
+        return rewrap(comm._allreduce(arr, op))
+    tp = _tp()
+
+    @tp.custom_gradient
+    def _allreduce(t):
+        y = tp.constant(comm._allreduce(t.numpy(), op))
+
+        def grad(g):
+            if op in ("sum", "average"):
+                return allreduce(comm, g, op)
+            total = allreduce(comm, g, "sum")
+            if op in ("max", "min"):  # where this rank held the extremum
+                return total * tp.cast(t == y, g.dtype)
+            return total * y / t  # product: d(prod)/dx = prod / x
+
+        return y, grad
+
+    return _allreduce(x)
+
+
+def grouped_allreduce(comm: Any, xs: Sequence, op: str = "average") -> list:
+    """Several tensors reduced as one checked, fused collective."""
+    xs = list(xs)
+    if not any(_is_tensor(x) for x in xs):
+        pairs = [unwrap(x) for x in xs]
+        out = comm._grouped_allreduce([a for a, _ in pairs], op)
+        return [rewrap(a) for a, (_, rewrap) in zip(out, pairs)]
+    if op not in ("sum", "average"):
+        return [allreduce(comm, x, op) for x in xs]
+    tp = _tp()
+    ts = [tp.convert_to_tensor(x) for x in xs]
+
+    @tp.custom_gradient
+    def _grouped(*args):
+        ys = [tp.constant(a) for a in comm._grouped_allreduce([t.numpy() for t in args], op)]
+        return (ys if len(ys) > 1 else ys[0]), lambda *gs: grouped_allreduce(comm, gs, op)
+
+    out = _grouped(*ts)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+# -- allgather ------------------------------------------------------------------------------------
+
+def allgather(comm: Any, x: Any) -> Any:
+    """Every rank's ``x`` concatenated along axis 0, in rank order (first dimensions may
+    differ; a scalar gives a vector of ``size``); differentiable for Tensors."""
+    if not _is_tensor(x):
+        arr, rewrap = unwrap(x)
+        return rewrap(np.concatenate([np.atleast_1d(p) for p in comm._allgather(arr)], 0))
+    tp = _tp()
+
+    @tp.custom_gradient
+    def _allgather(t):
+        parts = comm._allgather(t.numpy())
+        rows = [int(np.atleast_1d(p).shape[0]) for p in parts]
+        y = tp.constant(np.concatenate([np.atleast_1d(p) for p in parts], 0))
+
+        def grad(g):
+            total = allreduce(comm, g, "sum")
+            start = sum(rows[:comm.rank])
+            return tp.reshape(total[start:start + rows[comm.rank]], t.shape)
+
+        return y, grad
+
+    return _allgather(x)
+
+
+# -- broadcast ------------------------------------------------------------------------------------
+
+def broadcast(comm: Any, x: Any = None, root: int = 0) -> Any:
+    """Root's ``x`` on every rank; differentiable for Tensors (the root's input gets the
+    summed upstream gradient)."""
+    if not _is_tensor(x):
+        arr, rewrap = (None, lambda a: a) if x is None else unwrap(x)
+        return rewrap(comm._broadcast(arr, root))
+    tp = _tp()
+
+    @tp.custom_gradient
+    def _broadcast(t):
+        y = tp.constant(comm._broadcast(t.numpy(), root))
+
+        def grad(g):
+            total = allreduce(comm, g, "sum")
+            return total if comm.rank == root else total * 0.0
+
+        return y, grad
+
+    return _broadcast(x)
+
+
+# -- alltoall -------------------------------------------------------------------------------------
+
+def alltoall(comm: Any, x: Any, splits: Any = None) -> Any:
+    """Scatter slices of ``x``'s first dimension to the ranks and gather theirs, in rank order.
+
+    ``splits[r]`` rows go to rank ``r`` (default: ``len(x) // size`` each, which must divide
+    evenly). Returns the gathered tensor, or ``(gathered, received_splits)`` when ``splits`` is
+    given (Horovod). Differentiable for Tensors."""
+    want_splits = splits is not None
+    if splits is not None:
+        splits = [int(s) for s in np.asarray(unwrap(splits)[0]).reshape(-1)]
+    if not _is_tensor(x):
+        arr, rewrap = unwrap(x)
+        out, received = comm._alltoall(arr, splits)
+        return (rewrap(out), np.asarray(received, np.int64)) if want_splits else rewrap(out)
+    tp = _tp()
+    got: dict = {}
+
+    @tp.custom_gradient
+    def _alltoall(t):
+        out, received = comm._alltoall(t.numpy(), splits)
+        got["received"] = received
+
+        def grad(g):
+            back = alltoall(comm, g, splits=received)
+            return back[0]
+
+        return tp.constant(out), grad
+
+    y = _alltoall(x)
+    return (y, np.asarray(got["received"], np.int64)) if want_splits else y
+
+
+# -- reducescatter --------------------------------------------------------------------------------
+
+def reducescatter(comm: Any, x: Any, op: str = "sum") -> Any:
+    """``x`` reduced over the ranks, and split along axis 0: rank ``r`` gets the ``r``-th part
+    (the first ``len(x) % size`` ranks get one row more). ``op``: sum or average.
+    Differentiable for Tensors."""
+    if not _is_tensor(x):
+        arr, rewrap = unwrap(x)
+        return rewrap(comm._reducescatter(arr, op))
+    tp = _tp()
+
+    @tp.custom_gradient
+    def _reducescatter(t):
+        y = tp.constant(comm._reducescatter(t.numpy(), op))
+
+        def grad(g):
+            full = allgather(comm, g)
+            return full / float(comm.size) if op == "average" else full
+
+        return y, grad
+
+    return _reducescatter(x)
+
+
+def scatter_rows(n: int, size: int) -> list[int]:
+    """Rows of an ``n``-row tensor each rank gets from ``reducescatter``."""
+    base, extra = divmod(n, size)
+    return [base + (1 if r < extra else 0) for r in range(size)]
