@@ -2,32 +2,23 @@
 
 ``python -m pytest tests/distributed`` runs the local-communicator tests (MPI ones skip);
 ``mpiexec -n 2 python -m pytest --with-mpi tests/distributed`` runs everything on every rank.
-Tests marked ``mpi`` must raise or pass identically on all ranks, or the next collective hangs.
+Tests marked ``mpi`` must raise or pass identically on all ranks, or the next collective fails.
 """
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import numpy as np
 import pytest
 
-from tapeflow.distributed import comm as comm_module
-from tapeflow.distributed.comm import (
-    REDUCE_OPS, Communicator, LocalCommunicator, available_backends, get_comm, init,
-    register_backend,
+import tapeflow as tp
+from tapeflow.distributed import (
+    REDUCE_OPS, Communicator, Layout, LocalCommunicator, MismatchError, available_backends,
+    faults, get_comm, init, register_backend, registry,
 )
 
 FLOATS = [np.float16, np.float32, np.float64]
 INTS = [np.int32, np.int64]
-
-
-def _tapeflow():
-    tp = pytest.importorskip("tapeflow")
-    if not hasattr(tp, "constant"):
-        pytest.skip("the tapeflow core (tapeflow.constant) is not importable yet")
-    return tp
 
 
 def _close(a, b, dtype):
@@ -35,12 +26,20 @@ def _close(a, b, dtype):
     np.testing.assert_allclose(np.asarray(a, dtype=np.float64), b, rtol=tol)
 
 
+def _reduced(op: str, parts: list) -> np.ndarray:
+    """``op`` over the ranks' ``parts``, computed locally in float64."""
+    stack = np.stack([np.asarray(p, np.float64) for p in parts])
+    return {"sum": stack.sum(0), "average": stack.mean(0), "max": stack.max(0),
+            "min": stack.min(0), "product": stack.prod(0)}[op]
+
+
 # -- local communicator (no MPI; always run) ------------------------------------------------------
 
 def test_local_identity():
     c = LocalCommunicator()
     assert (c.rank, c.size, c.local_rank, c.local_size, c.backend) == (0, 1, 0, 1, "local")
-    assert isinstance(c, Communicator)
+    assert (c.cross_rank, c.cross_size) == (0, 1)
+    assert isinstance(c, Communicator) and isinstance(c.dup(), LocalCommunicator)
     assert "rank 0/1" in repr(c)
 
 
@@ -54,27 +53,50 @@ def test_local_allreduce_is_a_copy(op):
     assert out.dtype == x.dtype and out.shape == x.shape
 
 
-def test_local_inplace_and_handles():
+def test_local_grouped_allreduce_and_reducer():
     c = LocalCommunicator()
-    buf = np.arange(4, dtype=np.float32)
-    assert c.allreduce_(buf, "average") is buf
-    np.testing.assert_array_equal(buf, np.arange(4))
-    handle = c.iallreduce(np.ones(3), "sum")
-    assert handle.test() and handle.wait() is handle.wait()
-    assert c.iallreduce_(buf, "max").wait() is buf
+    xs = [np.arange(4, dtype=np.float32), np.ones((2, 2))]
+    out = c.grouped_allreduce(xs, "average")
+    for o, x in zip(out, xs):
+        assert not np.shares_memory(o, x) and o.dtype == x.dtype
+        np.testing.assert_array_equal(o, x)
+    layout = Layout(buckets=((np.dtype(np.float32), 5), (np.dtype(np.float64), 3)), crc=1)
+    red = c.reducer(layout, "sum", check_finite=True)
+    bufs = red.start(tag=1)
+    assert [(b.dtype, b.size) for b in bufs] == [(np.float32, 5), (np.float64, 3)]
+    bufs[0][:], bufs[1][:] = 2.0, 3.0
+    red.ready(1)
+    red.ready(0)
+    assert red.finish() is True
+    np.testing.assert_array_equal(bufs[0], 2.0)
+    again = red.start(tag=2)  # the held buffers are not handed out again
+    assert not any(np.shares_memory(a, b) for a in again for b in bufs)
+    again[0][:], again[1][:] = 1.0, np.nan
+    assert red.finish() is False
+    np.testing.assert_array_equal(bufs[1], 3.0)
+    plain = c.reducer(layout, "average")
+    plain.start()
+    assert plain.finish() is None  # not asked to check
+    with pytest.raises(TypeError, match="int32"):
+        c.reducer(Layout(buckets=((np.dtype(np.int32), 2),), crc=0), "average")
 
 
-def test_local_broadcast_allgather_json():
+def test_local_broadcast_allgather_objects():
     c = LocalCommunicator()
     x = np.arange(3.0)
-    np.testing.assert_array_equal(c.broadcast(x, root=0), x)
+    out = c.broadcast(x, root=0)
+    np.testing.assert_array_equal(out, x)
+    assert not np.shares_memory(out, x)
     with pytest.raises(ValueError, match=r"root must be a rank in \[0, 1\)"):
         c.broadcast(x, root=1)
-    parts = c.allgather(x)
-    assert len(parts) == 1 and parts[0] is not x
-    np.testing.assert_array_equal(c.allgather_concat(np.float32(2.0)), [2.0])
-    assert c.allgather_json({"a": (1, 2)}) == [{"a": [1, 2]}]  # round-tripped like MPI
-    assert c.broadcast_json([1, "x"]) == [1, "x"]
+    with pytest.raises(ValueError, match="must pass an array"):
+        c.broadcast(None, root=0)
+    out = c.allgather(x)  # the concatenation of one rank's x
+    np.testing.assert_array_equal(out, x)
+    assert not np.shares_memory(out, x)
+    np.testing.assert_array_equal(c.allgather(np.float32(2.0)), [2.0])  # a scalar: a vector
+    assert c.allgather_object({"a": (1, 2)}) == [{"a": [1, 2]}]  # round-tripped like MPI
+    assert c.broadcast_object([1, "x"]) == [1, "x"]
     assert c.barrier() is None
 
 
@@ -85,27 +107,41 @@ def test_local_errors_match_mpi():
     with pytest.raises(TypeError, match="complex128"):
         c.allreduce(np.ones(2, dtype=np.complex128), op="sum")
     with pytest.raises(ValueError, match="op must be one of"):
-        c.allreduce(np.ones(2), op="min")
+        c.allreduce(np.ones(2), op="prod")
+    with pytest.raises(TypeError, match="complex64"):
+        c.allgather(np.ones(2, dtype=np.complex64))
     with pytest.raises(TypeError, match="not JSON serializable"):
-        c.allgather_json({1, 2})
+        c.allgather_object({1, 2})
 
 
 def test_local_tensor_in_tensor_out():
-    tp = _tapeflow()
     c = LocalCommunicator()
     out = c.allreduce(tp.constant(np.array([1.0, 2.0], dtype=np.float32)), op="average")
     assert isinstance(out, tp.Tensor)
     np.testing.assert_array_equal(out.numpy(), [1.0, 2.0])
 
 
-def test_registry_unknown_backend_lists_names():
+@pytest.fixture
+def saved_registry():
+    """Restore the default communicator and the failure handling's communicator afterwards."""
+    current = registry._current
+    installed, enabled = faults._state.get("comm"), faults._state.get("enabled", False)
+    yield
+    registry._current = current
+    if installed is not None:
+        faults.install(installed, enabled)
+    else:
+        faults.uninstall()
+
+
+def test_registry_unknown_backend_lists_names(saved_registry):
     with pytest.raises(ValueError) as info:
         init("gloo")
     for name in ("auto", "mpi", "local"):
         assert repr(name) in str(info.value)
 
 
-def test_registry_is_open():
+def test_registry_is_open(saved_registry):
     made = []
 
     def factory(**options):
@@ -118,21 +154,16 @@ def test_registry_is_open():
         c = init("test-fake", stall_timeout=5)
         assert made == [{"stall_timeout": 5}] and get_comm() is c
     finally:
-        comm_module._FACTORIES.pop("test-fake")
-        comm_module._current = None
+        registry._FACTORIES.pop("test-fake")
     with pytest.raises(ValueError, match="reserved"):
         register_backend("auto", factory)
 
 
-@pytest.mark.skipif(comm_module._under_launcher(), reason="runs only outside mpiexec")
-def test_auto_is_local_outside_a_launcher():
-    saved = comm_module._current
-    comm_module._current = None
-    try:
-        c = init()
-        assert c.backend == "local" and init() is c and get_comm() is c
-    finally:
-        comm_module._current = saved
+@pytest.mark.skipif(registry._under_launcher(), reason="runs only outside mpiexec")
+def test_auto_is_local_outside_a_launcher(saved_registry):
+    registry._current = None
+    c = init()
+    assert c.backend == "local" and init() is c and get_comm() is c
 
 
 # -- MPI (every rank runs each test; assertions in terms of rank and size) ------------------------
@@ -140,15 +171,16 @@ def test_auto_is_local_outside_a_launcher():
 @pytest.mark.mpi
 def test_identity(comm):
     assert 0 <= comm.rank < comm.size and 0 <= comm.local_rank < comm.local_size <= comm.size
-    assert comm.allgather_json(comm.rank) == list(range(comm.size))
+    assert comm.allgather_object(comm.rank) == list(range(comm.size))
     assert comm.backend in available_backends()
+    assert 0 <= comm.cross_rank < comm.cross_size
 
 
 @pytest.mark.mpi
 def test_auto_picks_mpi_under_mpiexec(comm):
-    if not comm_module._under_launcher():
+    if not registry._under_launcher():
         pytest.skip("not started by mpiexec")
-    assert comm_module._auto_backend() == "mpi"
+    assert registry._auto_backend() == "mpi"
 
 
 @pytest.mark.mpi
@@ -169,11 +201,15 @@ def test_allreduce_average(comm, dtype):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("op", ["max", "min", "product"])
 @pytest.mark.parametrize("dtype", FLOATS + INTS)
-def test_allreduce_max(comm, dtype):
-    out = comm.allreduce(np.arange(5).astype(dtype) * (comm.rank + 1) - comm.rank, op="max")
-    expected = np.maximum.reduce([np.arange(5) * (r + 1) - r for r in range(comm.size)])
-    _close(out, expected, dtype)
+def test_allreduce_max_min_product(either, dtype, op):
+    def part(r):
+        return np.arange(5) * (r + 1) - r
+
+    out = either.allreduce(part(either.rank).astype(dtype), op=op)
+    assert out.dtype == np.dtype(dtype) and out.shape == (5,)
+    _close(out, _reduced(op, [part(r) for r in range(either.size)]), dtype)
 
 
 @pytest.mark.mpi
@@ -189,7 +225,6 @@ def test_allreduce_scalar_noncontiguous_and_input_untouched(comm):
 
 @pytest.mark.mpi
 def test_allreduce_tensor(comm):
-    tp = _tapeflow()
     out = comm.allreduce(tp.constant(np.full(3, comm.rank + 1.0, dtype=np.float32)), "average")
     assert isinstance(out, tp.Tensor) and out.dtype == np.float32
     np.testing.assert_allclose(out.numpy(), np.full(3, (comm.size + 1) / 2))
@@ -197,51 +232,60 @@ def test_allreduce_tensor(comm):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("op", REDUCE_OPS)
-def test_allreduce_inplace_float32(comm, op):
-    buf = np.arange(650, dtype=np.float32) * (comm.rank + 1)
-    expected = {"sum": np.arange(650) * comm.size * (comm.size + 1) / 2,
-                "average": np.arange(650) * (comm.size + 1) / 2,
-                "max": np.arange(650) * comm.size}[op]
-    assert comm.allreduce_(buf, op) is buf
-    np.testing.assert_allclose(buf, expected, rtol=1e-6)
+def test_allreduce_returns_fresh_arrays(either, op):
+    x = np.arange(650, dtype=np.float32) * (either.rank + 1) + 1
+    first = either.allreduce(x, op)
+    kept = first.copy()
+    second = either.allreduce(x * 2, op)
+    assert not np.shares_memory(first, x) and not np.shares_memory(first, second)
+    np.testing.assert_array_equal(first, kept)  # the next call did not write the first result
+    np.testing.assert_array_equal(x, np.arange(650, dtype=np.float32) * (either.rank + 1) + 1)
+    parts = [np.arange(650, dtype=np.float32) * (r + 1) + 1 for r in range(either.size)]
+    np.testing.assert_allclose(first, _reduced(op, parts), rtol=1e-5)
 
 
 @pytest.mark.mpi
-def test_allreduce_inplace_float16_and_strided(comm):
-    half = np.full(4, comm.rank + 1, dtype=np.float16)
-    comm.allreduce_(half, "sum")
+def test_allreduce_float16_and_strided(comm):
+    half = comm.allreduce(np.full(4, comm.rank + 1, dtype=np.float16), "sum")
     assert half.dtype == np.float16
     np.testing.assert_array_equal(half, np.full(4, comm.size * (comm.size + 1) / 2))
     grid = np.zeros((3, 4), dtype=np.float64)
     grid[:, ::2] = comm.rank + 1
-    comm.allreduce_(grid[:, ::2], "sum")
-    np.testing.assert_array_equal(grid[:, ::2], comm.size * (comm.size + 1) / 2)
+    out = comm.allreduce(grid[:, ::2], "sum")
+    assert out.shape == (3, 2)
+    np.testing.assert_array_equal(out, comm.size * (comm.size + 1) / 2)
     np.testing.assert_array_equal(grid[:, 1::2], 0)
 
 
 @pytest.mark.mpi
-def test_iallreduce_overlaps_compute(comm):
-    x = np.arange(100_000, dtype=np.float32) * (comm.rank + 1)
-    handle = comm.iallreduce(x, op="sum")
-    x[:] = -1  # the input was copied when the collective started
-    a = np.random.default_rng(comm.rank).standard_normal((200, 200))
-    for _ in range(5):  # compute while the reduction is in flight
-        a = np.tanh(a @ a.T / 200)
-    result = handle.wait()
-    assert handle.test() and handle.wait() is result
-    np.testing.assert_allclose(result, np.arange(100_000) * comm.size * (comm.size + 1) / 2,
-                               rtol=1e-6)
+def test_reducer_buckets_overlap_compute(either):
+    # one reduction per bucket, launched as each is ready, while this rank keeps computing
+    sizes = [1000, 25_000, 7]
+    layout = Layout(buckets=tuple((np.dtype(np.float32), n) for n in sizes), crc=11)
+    red = either.reducer(layout, "sum")
+    bufs = red.start(tag=1)
+    a = np.random.default_rng(either.rank).standard_normal((100, 100))
+    for i in reversed(range(len(sizes))):
+        bufs[i][:] = np.arange(sizes[i]) * (either.rank + 1) + i
+        red.ready(i)
+        a = np.tanh(a @ a.T / 100)  # compute while the bucket is in flight
+    assert red.finish() is None
+    for i, (buf, n) in enumerate(zip(bufs, sizes)):
+        want = _reduced("sum", [np.arange(n) * (r + 1) + i for r in range(either.size)])
+        np.testing.assert_allclose(buf, want, rtol=1e-6)
 
 
 @pytest.mark.mpi
-def test_iallreduce_inplace_many_in_flight(comm):
-    bufs = [np.full(1000 * (i + 1), comm.rank + i, dtype=np.float64) for i in range(4)]
-    handles = [comm.iallreduce_(b, "average") for b in bufs]
-    while not all(h.test() for h in handles):
-        time.sleep(1e-4)
-    for i, (b, h) in enumerate(zip(bufs, handles)):
-        assert h.wait() is b
-        np.testing.assert_allclose(b, (comm.size - 1) / 2 + i)
+def test_grouped_allreduce_many_buffers(either):
+    xs = [np.full(1000 * (i + 1), either.rank + i, dtype=np.float64) for i in range(4)]
+    xs.append(np.full((2, 3), either.rank, dtype=np.float32))
+    out = either.grouped_allreduce(xs, "average")
+    assert [o.shape for o in out] == [x.shape for x in xs]
+    assert [o.dtype for o in out] == [x.dtype for x in xs]
+    for i, o in enumerate(out[:4]):
+        np.testing.assert_allclose(o, (either.size - 1) / 2 + i)
+    np.testing.assert_allclose(out[4], (either.size - 1) / 2)
+    np.testing.assert_array_equal(xs[0], either.rank)  # inputs untouched
 
 
 @pytest.mark.mpi
@@ -263,65 +307,95 @@ def test_broadcast(comm, which):
 
 @pytest.mark.mpi
 def test_broadcast_tensor(comm):
-    tp = _tapeflow()
     out = comm.broadcast(tp.constant(np.full(2, comm.rank, dtype=np.float64)), root=0)
     assert isinstance(out, tp.Tensor)
     np.testing.assert_array_equal(out.numpy(), [0.0, 0.0])
 
 
 @pytest.mark.mpi
-def test_allgather_uneven_first_dims(comm):
+def test_allgather_concatenates_uneven_first_dims(comm):
     mine = np.full((comm.rank + 1, 2), comm.rank, dtype=np.int64)
-    parts = comm.allgather(mine)
-    assert [p.shape for p in parts] == [(r + 1, 2) for r in range(comm.size)]
-    for r, p in enumerate(parts):
-        np.testing.assert_array_equal(p, r)
-    flat = comm.allgather_concat(mine)
-    assert flat.shape == (comm.size * (comm.size + 1) // 2, 2)
+    flat = comm.allgather(mine)
+    assert flat.shape == (comm.size * (comm.size + 1) // 2, 2) and flat.dtype == np.int64
     np.testing.assert_array_equal(flat[:, 0], np.repeat(np.arange(comm.size),
                                                         np.arange(1, comm.size + 1)))
+    np.testing.assert_array_equal(flat[:, 0], flat[:, 1])
     # a rank may contribute nothing
     empty = comm.allgather(np.ones((0 if comm.rank == 0 else 3, 4), dtype=np.float32))
-    assert [p.shape[0] for p in empty] == [0] + [3] * (comm.size - 1)
+    assert empty.shape == (3 * (comm.size - 1), 4)
+    np.testing.assert_array_equal(empty, 1)
 
 
 @pytest.mark.mpi
 def test_allgather_scalars_and_tensors(comm):
-    np.testing.assert_array_equal(comm.allgather_concat(np.float32(comm.rank)),
-                                  np.arange(comm.size))
-    tp = _tapeflow()
-    parts = comm.allgather(tp.constant(np.full(2, comm.rank, dtype=np.float32)))
-    assert all(isinstance(p, tp.Tensor) for p in parts)
-    assert [float(p.numpy()[0]) for p in parts] == list(range(comm.size))
+    scalars = comm.allgather(np.float32(comm.rank))  # a scalar per rank: a vector of size
+    assert scalars.shape == (comm.size,) and scalars.dtype == np.float32
+    np.testing.assert_array_equal(scalars, np.arange(comm.size))
+    out = comm.allgather(tp.constant(np.full((1, 2), comm.rank, dtype=np.float32)))
+    assert isinstance(out, tp.Tensor) and out.shape == (comm.size, 2)
+    np.testing.assert_array_equal(out.numpy()[:, 0], np.arange(comm.size))
+
+
+def _messages(comm, call) -> list:
+    """Every rank's error message from ``call`` (raised on every rank), gathered on every rank."""
+    try:
+        call()
+    except (TypeError, ValueError) as exc:
+        mine = f"{type(exc).__name__}: {exc}"
+    else:
+        mine = "no error"
+    return comm.allgather_object(mine)
 
 
 @pytest.mark.mpi(min_size=2)
 def test_allgather_mismatch_raises_on_every_rank(comm):
-    with pytest.raises(ValueError, match=r"rank 0: float32 \(1, 2\).*rank 1: float32 \(1, 3\)"):
+    with pytest.raises(MismatchError, match=r"allgather.*rank [01] called allgather\(float32"):
         comm.allgather(np.zeros((1, 2 + comm.rank), dtype=np.float32))
-    with pytest.raises(ValueError, match="rank 1: float64"):
+    with pytest.raises(MismatchError, match=r"rank 1 called allgather\(float64"):
         comm.allgather(np.zeros(2, dtype=np.float64 if comm.rank else np.float32))
+    with pytest.raises(MismatchError, match=r"allgather"):  # different numbers of dimensions
+        comm.allgather(np.zeros((2, 3) + (1,) * comm.rank, dtype=np.int32))
+    np.testing.assert_array_equal(comm.allgather(np.int64(comm.rank)), np.arange(comm.size))
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.xfail(strict=True, reason="bug: an allgather mismatch in the trailing dimensions "
+                   "is detected (shape checksum) but the message shows the same "
+                   "'allgather(float32)' for both ranks, without their shapes")
+def test_allgather_mismatch_names_the_shapes(comm):
+    msgs = _messages(comm, lambda: comm.allgather(np.zeros((1, 2 + comm.rank), np.float32)))
+    assert all(m.startswith("MismatchError") for m in msgs)
+    assert all("(1, 2)" in m and "(1, 3)" in m for m in msgs), msgs
 
 
 @pytest.mark.mpi
-def test_json_collectives(comm):
+def test_object_collectives(comm):
     meta = {"rank": comm.rank, "shapes": [[comm.rank, 3]], "name": "w\u00e9"}
-    gathered = comm.allgather_json(meta)
+    gathered = comm.allgather_object(meta)
     assert gathered == [{"rank": r, "shapes": [[r, 3]], "name": "w\u00e9"}
                         for r in range(comm.size)]
     root = comm.size - 1
     sent = {"step": 7, "lr": 0.1} if comm.rank == root else None
-    assert comm.broadcast_json(sent, root=root) == {"step": 7, "lr": 0.1}
-    assert json.dumps(comm.broadcast_json(None)) == "null"
+    assert comm.broadcast_object(sent, root=root) == {"step": 7, "lr": 0.1}
+    assert comm.broadcast_object(None) is None
 
 
-@pytest.mark.mpi
-def test_json_errors_raise_on_every_rank(comm):
+def _one_rank_invalid(msgs: list, rank0: str) -> None:
+    """Rank 0 raised its own reason; every other rank a MismatchError naming rank 0."""
+    assert msgs[0].startswith(rank0), msgs
+    for m in msgs[1:]:
+        assert m.startswith("MismatchError") and "rank 0" in m and "invalid arguments" in m, msgs
+
+
+@pytest.mark.mpi(min_size=2)
+def test_object_errors_raise_on_every_rank(comm):
     bad = {1, 2} if comm.rank == 0 else {"ok": True}
-    with pytest.raises(TypeError, match=r"ranks \[0\] passed objects that are not JSON"):
-        comm.allgather_json(bad)
-    with pytest.raises(TypeError, match="root rank 0's object is not JSON"):
-        comm.broadcast_json(bad, root=0)
+    gathered = _messages(comm, lambda: comm.allgather_object(bad))
+    broadcast = _messages(comm, lambda: comm.broadcast_object(bad, root=0))
+    # a non-root's unserialisable object is never sent: not an error
+    assert comm.broadcast_object(bad if comm.rank else [1], root=0) == [1]
+    _one_rank_invalid(gathered, "TypeError: allgather_object: the object is not JSON-serialisable")
+    _one_rank_invalid(broadcast, "TypeError: broadcast_object: the root's object is not JSON")
 
 
 @pytest.mark.mpi
@@ -335,30 +409,54 @@ def test_dtype_and_argument_errors(comm):
         comm.allreduce(np.ones(2), op="prod")
     with pytest.raises(ValueError, match="root must be a rank"):
         comm.broadcast(np.ones(2), root=comm.size)
-    with pytest.raises(TypeError, match="numpy.ndarray in place"):
-        comm.allreduce_([1.0, 2.0], op="sum")
-    frozen = np.ones(3)
-    frozen.flags.writeable = False
-    with pytest.raises(ValueError, match="read-only"):
-        comm.allreduce_(frozen, op="sum")
-    # the root's bad dtype is announced to every rank, so none is left waiting
-    with pytest.raises(TypeError, match="no MPI mapping"):
-        comm.broadcast(np.ones(2, dtype=bool) if comm.rank == 0 else None, root=0)
-    with pytest.raises(TypeError, match="no MPI mapping"):
-        comm.allgather(np.ones(2, dtype=np.complex64 if comm.rank == 0 else np.float32))
+    with pytest.raises(ValueError, match="op must be one of"):
+        comm.reducer(Layout(buckets=((np.dtype(np.float32), 4),), crc=0), "prod")
     comm.barrier()  # still in step
 
 
+def _bad_on_rank_0(comm) -> dict:
+    return {
+        "broadcast dtype": _messages(comm, lambda: comm.broadcast(
+            np.ones(2, dtype=np.complex64) if comm.rank == 0 else None, root=0)),
+        "allgather dtype": _messages(comm, lambda: comm.allgather(
+            np.ones(2, dtype=np.complex64 if comm.rank == 0 else np.float32))),
+        "broadcast None": _messages(comm, lambda: comm.broadcast(
+            None if comm.rank == 0 else np.ones(2), root=0)),
+        "allgather_object": _messages(comm, lambda: comm.allgather_object(
+            {1, 2} if comm.rank == 0 else [])),
+    }
+
+
+@pytest.mark.mpi(min_size=2)
+def test_one_ranks_bad_argument_is_announced_to_every_rank(comm):
+    # the root's bad dtype is announced to every rank, so none is left waiting
+    msgs = _bad_on_rank_0(comm)
+    comm.barrier()  # still in step
+    _one_rank_invalid(msgs["broadcast dtype"], "TypeError: broadcast: dtype complex64 has no MPI")
+    _one_rank_invalid(msgs["allgather dtype"], "TypeError: allgather: dtype complex64 has no MPI")
+    _one_rank_invalid(msgs["broadcast None"], "ValueError: broadcast: the root rank 0 must pass")
+    _one_rank_invalid(msgs["allgather_object"], "TypeError: allgather_object: the object is not")
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.xfail(strict=True, reason="bug: base.mismatch_message says 'ranks called different "
+                   "collectives' when one rank passed invalid arguments to the same collective "
+                   "(the ', invalid arguments' suffix is not removed when it is the only field, "
+                   "or when the invalid rank's signature lacks the dtype/shape)")
+def test_one_ranks_bad_argument_is_named_as_such(comm):
+    for what, msgs in _bad_on_rank_0(comm).items():
+        for m in msgs[1:]:
+            assert "rank 0 passed invalid arguments" in m, (what, m)
+            assert "different collectives" not in m, (what, m)
+
+
 @pytest.mark.mpi
-def test_barrier_and_stall_timeout_setting(comm):
+def test_barrier_and_stall_settings(comm):
     comm.barrier()
-    if hasattr(comm, "stall_timeout"):
-        old = comm.stall_timeout
-        comm.stall_timeout = 0
-        assert comm.stall_timeout == 0.0
-        comm.stall_timeout = old
-        with pytest.raises(ValueError):
-            comm.stall_timeout = -1
+    assert comm.waiter.timeout > 0 and comm.waiter.warn >= 0
+    assert faults.stall_settings(1.5, 0) == (1.5, 0.0)
+    with pytest.raises(ValueError, match=">= 0 seconds"):
+        faults.stall_settings(-1, None)
 
 
 @pytest.mark.mpi
