@@ -347,6 +347,7 @@ class Trainer:
             self._metric({"event": "start", "start_time": time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": self.step, "epoch": self.epoch,
                 "resumed": self._resumed_from is not None, "ranks": self.comm.size,
+                "steps_per_epoch": self.steps_per_epoch,
                 "batch_size": self.batch_size, "seed": self.seed, "config": self.config})
             results = []
             while self.epoch < epochs:

@@ -14,9 +14,11 @@ Efficiency: weak ``throughput(R) / (R * throughput(1))``; strong ``time(1) / (R 
 ``scaling.png`` to ``--out`` and prints a table.
 
 ``--repeats N`` runs N rounds over all rank counts, interleaved so load drift on a shared
-machine hits every point alike. Each point reports its median round; the efficiency is the
-median over rounds of the efficiency within each round (a ratio measured under one load), and
-every round's value is kept. The "hidden" column is the share of the standalone communication time that
+machine hits every point alike. Each point reports its median round (by step time), and the
+efficiency is computed from exactly the throughputs in the table (``samples/s(R) / (R/R0 *
+samples/s(R0))``), so table, JSON and plot agree. The spread is the efficiency within each
+round (a ratio measured under one load): its minimum and maximum are printed and drawn as
+error bars, and every round's value is kept in the JSON. The "hidden" column is the share of the standalone communication time that
 the backward sweep hid; it is "-" on the shared-memory path, which runs after the sweep by
 design (it needs the CPU it would overlap with).
 
@@ -37,6 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from tapeflow.launch.cli import (
+    HelpFormatter, Parser, UsageError, check_writable_dir, check_writable_file, fail,
+)
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _INPUT_DIM = 784
@@ -114,12 +120,12 @@ def _default_bucket_bytes() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tapeflow-bench`` argument parser (public subcommands and the hidden workers)."""
-    p = argparse.ArgumentParser(prog="tapeflow-bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="tapeflow-bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", metavar="{scaling,allreduce,step}")
     sub.required = True
 
     s = sub.add_parser("scaling", help="weak/strong scaling over rank counts (JSON + PNG)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     s.add_argument("--ranks", type=_int_list("--ranks"), default=(1, 2),
                    help="comma-separated rank counts")
     s.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
@@ -383,20 +389,37 @@ def _efficiency(row: dict, base: dict, mode: str) -> float:
     return base["step_time_s"] / (k * row["step_time_s"])
 
 
-def plot_scaling(result: dict, path: Path) -> None:
-    """Two panels: samples/s vs ranks (with the ideal line) and efficiency vs ranks."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_scaling(result: dict, path: Path) -> None:
+    """Two panels: samples/s vs ranks (with the ideal line) and efficiency vs ranks, each
+    point with its per-round min-max as error bars; the same numbers as the table."""
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for mode, rows in result["modes"].items():
         ranks = [r["ranks"] for r in rows]
-        ax1.plot(ranks, [r["samples_per_s"] for r in rows], "o-", label=f"{mode}")
+        sps = [r["samples_per_s"] for r in rows]
+        lo = [v - min(r.get("samples_per_s_rounds") or [v]) for v, r in zip(sps, rows)]
+        hi = [max(r.get("samples_per_s_rounds") or [v]) - v for v, r in zip(sps, rows)]
+        ax1.errorbar(ranks, sps, yerr=[lo, hi], fmt="o-", capsize=4, label=f"{mode}")
         ax1.plot(ranks, [r["ideal_samples_per_s"] for r in rows], "--", alpha=0.6,
                  label=f"{mode} ideal")
-        ax2.plot(ranks, [100 * r["efficiency"] for r in rows], "o-", label=mode)
+        eff = [100 * r["efficiency"] for r in rows]
+        lo = [e - 100 * min(r.get("efficiency_rounds") or [e / 100]) for e, r in zip(eff, rows)]
+        hi = [100 * max(r.get("efficiency_rounds") or [e / 100]) - e for e, r in zip(eff, rows)]
+        ax2.errorbar(ranks, eff, yerr=[[max(v, 0) for v in lo], [max(v, 0) for v in hi]],
+                     fmt="o-", capsize=4, label=f"{mode} (bars: min-max over rounds)")
+        for x, y in zip(ranks, eff):
+            ax2.annotate(f"{y:.1f} %", (x, y), textcoords="offset points", xytext=(6, -12),
+                         fontsize=8)
     ax1.set_xlabel("ranks")
     ax1.set_ylabel("samples/s (global)")
     ax1.set_title(f"{result['config']['model_desc']} throughput")
@@ -419,6 +442,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
     """Launch every scaling point, compute efficiencies, write ``scaling.json``/``.png``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    _pyplot()  # fail now, not after the benchmark, if matplotlib is missing
     bucket = args.bucket_bytes or _default_bucket_bytes()
     ranks = sorted(set(args.ranks))
     modes = ("weak", "strong") if args.mode == "both" else (args.mode,)
@@ -462,15 +486,14 @@ def run_scaling(args: argparse.Namespace) -> dict:
                     _launch(r, cmd, args.threads_per_rank, args.timeout)
                     cache[(r, per_rank)].append(json.loads(res_file.read_text()))
             keys, rows = rows, [dict(_median_round(cache[k]), mode=mode) for k in rows]
-            _efficiencies(rows, mode)
+            _efficiencies(rows, mode)  # from the reported throughputs: table == plot
             for row, k in zip(rows, keys):
                 # Each round measures every point back to back, so a round's efficiency is a
-                # ratio taken under one load; the reported efficiency is their median (the
-                # ratio of the median rounds is kept as efficiency_of_median_rounds).
+                # ratio taken under one load: their spread is shown next to the figure.
+                row["samples_per_s_rounds"] = [one["samples_per_s"] for one in cache[k]]
                 row["efficiency_rounds"] = [_efficiency(one, first, mode)
                                             for one, first in zip(cache[k], cache[keys[0]])]
-                row["efficiency_of_median_rounds"] = row["efficiency"]
-                row["efficiency"] = statistics.median(row["efficiency_rounds"])
+                row["efficiency_round_median"] = statistics.median(row["efficiency_rounds"])
             result["modes"][mode] = rows
     (out / "scaling.json").write_text(json.dumps(result, indent=2))
     plot_scaling(result, out / "scaling.png")
@@ -487,6 +510,7 @@ def print_table(result: dict) -> None:
     head = (f"{'mode':>6} {'ranks':>5} {'b/rank':>6} {'global':>6} {'step ms':>8} "
             f"{'samples/s':>10} {'eff %':>6} {'bwd ms':>7} {'wait ms':>7} {'comm ms':>7} "
             f"{'hidden':>6}")
+    head += f" {'eff min-max':>12}"
     print(head)
     print("-" * len(head))
     for mode, rows in result["modes"].items():
@@ -496,12 +520,19 @@ def print_table(result: dict) -> None:
                   f"{1e3 * r['step_time_s']:8.2f} {r['samples_per_s']:10.0f} "
                   f"{100 * r['efficiency']:6.1f} {1e3 * (r['backward_s'] or 0):7.2f} "
                   f"{1e3 * (r['exposed_wait_s'] or 0):7.2f} "
-                  f"{1e3 * r['standalone_comm_s']:7.2f} {hid:>6}")
+                  f"{1e3 * r['standalone_comm_s']:7.2f} {hid:>6} "
+                  f"{_spread(r.get('efficiency_rounds') or [r['efficiency']]):>12}")
         for r in rows:
             if len(r.get("efficiency_rounds", ())) > 1:
                 spread = ", ".join(f"{100 * e:.1f}" for e in r["efficiency_rounds"])
                 print(f"{mode:>6} {r['ranks']:>5} ranks: efficiency per round {spread} %; "
                       f"reduction path: {r.get('reduction') or 'none'}")
+    print("eff % = samples/s / (ranks/base ranks * base samples/s), from this table's columns; "
+          "min-max: the efficiency within each round")
+
+
+def _spread(values: Sequence[float]) -> str:
+    return f"{100 * min(values):.1f}-{100 * max(values):.1f}"
 
 
 # -- allreduce bandwidth -------------------------------------------------------------------------
@@ -652,12 +683,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "scaling":
         from tapeflow.distributed.launcher import _cpu_count
 
+        try:
+            check_writable_dir(args.out, "--out")
+        except UsageError as e:
+            fail("tapeflow-bench scaling", str(e))
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            fail("tapeflow-bench scaling", "drawing scaling.png needs matplotlib: "
+                 "pip install matplotlib")
+
         if max(args.ranks) > _cpu_count():
             print(f"tapeflow-bench: note: {max(args.ranks)} ranks on {_cpu_count()} cores are "
                   "time-shared (oversubscribed); efficiencies will be low", file=sys.stderr)
         run_scaling(args)
         return 0
     if args.command == "allreduce":
+        if args.json:
+            try:
+                check_writable_file(args.json, "--json")
+            except UsageError as e:
+                fail("tapeflow-bench allreduce", str(e))
         run_allreduce(args)
         return 0
     if args.command == "_worker":

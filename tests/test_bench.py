@@ -47,10 +47,18 @@ def test_scaling_writes_json_and_png(tmp_path):
             assert isinstance(r["efficiency"], float) and 0 < r["efficiency"] < 2
             assert r["step_time_s"] > 0 and r["samples_per_s"] > 0
         assert rows[0]["efficiency"] == pytest.approx(1.0)
-        for r in rows:  # three interleaved rounds; the efficiency is their median
+        base = rows[0]
+        for r in rows:  # three interleaved rounds; each point reports its median round
             assert len(r["efficiency_rounds"]) == 3 and len(r["step_time_rounds_s"]) == 3
-            assert r["efficiency"] == pytest.approx(sorted(r["efficiency_rounds"])[1])
             assert r["step_time_s"] == sorted(r["step_time_rounds_s"])[1]
+            # the efficiency is computed from the very throughputs the table shows
+            expected = (r["samples_per_s"] / (2 * base["samples_per_s"]) if mode == "weak"
+                        and r["ranks"] == 2 else base["step_time_s"] / (r["ranks"]
+                                                                        * r["step_time_s"]))
+            assert r["efficiency"] == pytest.approx(expected)
+            assert min(r["efficiency_rounds"]) <= r["efficiency_round_median"] \
+                <= max(r["efficiency_rounds"])
+            assert sorted(r["samples_per_s_rounds"])[1] == pytest.approx(r["samples_per_s"])
         assert rows[1]["hidden_fraction"] is None or 0 <= rows[1]["hidden_fraction"] <= 1
     weak, strong = result["modes"]["weak"], result["modes"]["strong"]
     assert [r["global_batch"] for r in weak] == [128, 256]
@@ -58,6 +66,34 @@ def test_scaling_writes_json_and_png(tmp_path):
     assert [r["batch_per_rank"] for r in strong] == [256, 128]
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "samples/s" in proc.stdout
+    # the table's efficiency column is the figure in the JSON (and in the plot)
+    for mode, rows in result["modes"].items():
+        line = next(x for x in proc.stdout.splitlines()
+                    if x.split()[:2] == [mode, "2"] and len(x.split()) > 8)
+        assert f"{100 * rows[1]['efficiency']:6.1f}" in line
+        assert f"{100 * min(rows[1]['efficiency_rounds']):.1f}-" in line
+
+
+def test_out_at_a_file_is_one_line_before_any_benchmark(tmp_path, capsys):
+    a_file = tmp_path / "results"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["scaling", "--out", str(a_file)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("tapeflow-bench scaling: error: --out ") and "is a file" in err
+    with pytest.raises(SystemExit):
+        bench.main(["allreduce", "--json", str(tmp_path)])
+    assert "--json" in capsys.readouterr().err
+
+
+def test_missing_matplotlib_is_reported_before_the_benchmark(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setattr(bench, "run_scaling", lambda args: pytest.fail("benchmark ran"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["scaling", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    assert "pip install matplotlib" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -74,7 +110,8 @@ def test_argument_errors_exit_2_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(argv)
     assert e.value.code == 2
-    assert flag in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert flag in err and err.count("\n") == 1 and err.startswith("tapeflow-bench")
 
 
 def test_cli_argument_error_exit_status():
