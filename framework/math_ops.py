@@ -85,18 +85,11 @@ def truediv(x, y) -> Tensor:
     return ops.divide(x, y)
 
 
-def _raw_unary(fn, name: str):
-    def op(x) -> Tensor:
-        return derived(fn, convert_to_tensor(x))
-    op.__name__ = op.__qualname__ = name
-    op.__doc__ = f"Elementwise ``{name}`` (a bool or piecewise-constant result: no gradient)."
-    return op
-
-
-ceil = _raw_unary(np.ceil, "ceil")
-is_nan = _raw_unary(np.isnan, "is_nan")
-is_finite = _raw_unary(np.isfinite, "is_finite")
-is_inf = _raw_unary(np.isinf, "is_inf")
+# Piecewise-constant or bool results: no gradient (TensorFlow's None).
+ceil = ops._raw(np.ceil, "ceil")
+is_nan = ops._raw(np.isnan, "is_nan")
+is_finite = ops._raw(np.isfinite, "is_finite")
+is_inf = ops._raw(np.isinf, "is_inf")
 
 
 # ---------------------------------------------------------------- reductions

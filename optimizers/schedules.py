@@ -56,7 +56,8 @@ class ExponentialDecay(LearningRateSchedule):
     def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float,
                  staircase: bool = False) -> None:
         if decay_steps <= 0:
-            raise ValueError(f"ExponentialDecay: decay_steps must be > 0, got {decay_steps}")
+            raise ValueError(f"{type(self).__name__}: decay_steps must be > 0, got "
+                             f"{decay_steps}")
         self.initial_learning_rate = float(initial_learning_rate)
         self.decay_steps = decay_steps
         self.decay_rate = float(decay_rate)
@@ -214,29 +215,16 @@ class PolynomialDecay(LearningRateSchedule):
                 "power": self.power, "cycle": self.cycle}
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(ExponentialDecay):
     """``lr = initial_learning_rate / (1 + decay_rate * step / decay_steps)`` (Keras); with
-    ``staircase=True`` the ratio ``step / decay_steps`` is floored."""
-
-    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float,
-                 staircase: bool = False) -> None:
-        if decay_steps <= 0:
-            raise ValueError(f"InverseTimeDecay: decay_steps must be > 0, got {decay_steps}")
-        self.initial_learning_rate = float(initial_learning_rate)
-        self.decay_steps = decay_steps
-        self.decay_rate = float(decay_rate)
-        self.staircase = bool(staircase)
+    ``staircase=True`` the ratio ``step / decay_steps`` is floored. (Same arguments as
+    :class:`ExponentialDecay`, another decay law.)"""
 
     def __call__(self, step: int) -> float:
         p = step / self.decay_steps
         if self.staircase:
             p = math.floor(p)
         return self.initial_learning_rate / (1.0 + self.decay_rate * p)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"initial_learning_rate": self.initial_learning_rate,
-                "decay_steps": self.decay_steps, "decay_rate": self.decay_rate,
-                "staircase": self.staircase}
 
 
 class CosineDecayRestarts(LearningRateSchedule):

@@ -48,8 +48,10 @@ class AveragePooling2D(Module):
 AvgPool2D = AveragePooling2D
 
 
-class GlobalAveragePooling2D(Module):
-    """``(N, H, W, C) -> (N, C)``: the mean over the spatial axes."""
+class _GlobalPooling2D(Module):
+    """``(N, H, W, C) -> (N, C)`` (or ``(N, 1, 1, C)`` with ``keepdims``) by ``_reduce``."""
+
+    _reduce = staticmethod(ops.reduce_mean)
 
     def __init__(self, keepdims: bool = False, name: str | None = None) -> None:
         super().__init__(name)
@@ -58,22 +60,18 @@ class GlobalAveragePooling2D(Module):
     def call(self, x: Any, training: bool = False) -> Tensor:
         x = convert_to_tensor(x)
         if x.ndim != 4:
-            raise ValueError(f"GlobalAveragePooling2D expects NHWC input, got shape {x.shape}")
-        return ops.reduce_mean(x, axis=(1, 2), keepdims=self.keepdims)
+            raise ValueError(f"{type(self).__name__} expects NHWC input, got shape {x.shape}")
+        return self._reduce(x, axis=(1, 2), keepdims=self.keepdims)
 
 
-class GlobalMaxPooling2D(Module):
-    """``(N, H, W, C) -> (N, C)``: the maximum over the spatial axes."""
+class GlobalAveragePooling2D(_GlobalPooling2D):
+    """The mean over the spatial axes."""
 
-    def __init__(self, keepdims: bool = False, name: str | None = None) -> None:
-        super().__init__(name)
-        self.keepdims = bool(keepdims)
 
-    def call(self, x: Any, training: bool = False) -> Tensor:
-        x = convert_to_tensor(x)
-        if x.ndim != 4:
-            raise ValueError(f"GlobalMaxPooling2D expects NHWC input, got shape {x.shape}")
-        return ops.reduce_max(x, axis=(1, 2), keepdims=self.keepdims)
+class GlobalMaxPooling2D(_GlobalPooling2D):
+    """The maximum over the spatial axes."""
+
+    _reduce = staticmethod(ops.reduce_max)
 
 
 class Embedding(Module):
