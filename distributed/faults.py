@@ -445,8 +445,8 @@ def uninstall() -> None:
         _state.clear()
 
 
-def forget(comm: Any) -> None:
-    """``comm`` was closed: the exit protocol no longer runs on it."""
+def forget(comm: Any, successor: Any = None) -> None:
+    """``comm`` was closed: the exit protocol runs on ``successor`` instead (or not at all)."""
     with _lock:
         if _state.get("comm") is comm:
-            _state["comm"] = None
+            _state["comm"] = successor

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -40,7 +39,9 @@ _JOIN_CODE = _KIND_CODE["join"]
 # what a joined rank can answer: it needs nothing but the signature to take part
 _JOINABLE = ("reduce_gradients", "allreduce", "broadcast", "broadcast_object", "allgather",
              "allgather_object", "barrier")
-_OPEN: list = []  # weak references to open MPI communicators, in creation order
+# Open MPI communicators, in creation order. Held until closed (or exit), so that one dropped
+# without close() is still freed collectively by the exit protocol, never leaked.
+_OPEN: list = []
 
 
 def _neutral(op: str, dtype: np.dtype, count: int) -> np.ndarray:
@@ -113,7 +114,7 @@ class MPICommunicator(Communicator):
 
             shm = SharedMemoryEngine(self._comm, self.waiter, node_size=node_size)
             self._shm = shm if shm.enabled else None
-        _OPEN.append(weakref.ref(self))
+        _OPEN.append(self)
         if not faults.installed():  # safe by default, even without dist.init()
             faults.install(self, faults.enabled_by_default())
 
@@ -576,8 +577,11 @@ class MPICommunicator(Communicator):
         """Free the windows and the duplicated communicator (collective)."""
         if self._comm is None:
             return
-        faults.forget(self)
         self._free()
+        if self in _OPEN:
+            _OPEN.remove(self)
+        # the exit protocol runs on another open communicator over the same ranks, if any
+        faults.forget(self, next((c for c in _OPEN if c._size == self._size), None))
 
     def _free(self) -> None:
         if self._shm is not None:
@@ -605,9 +609,7 @@ class MPICommunicator(Communicator):
 
 
 def _close_all_open() -> None:
-    for ref in list(_OPEN):
-        c = ref()
-        if c is not None and c._comm is not None:
+    for c in list(_OPEN):
+        if c._comm is not None:
             c._free()
     _OPEN.clear()
-

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from tapeflow import timeline
+
 from .base import Layout, Reducer, Signature
 
 __all__ = ["BucketReducer", "SharedMemoryReducer"]
@@ -107,6 +109,7 @@ class BucketReducer(Reducer):
             work = buf.astype(np.float32) if buf.dtype == np.float16 else buf
             self._work[i] = work
             if work.size:
+                timeline.instant("bucket launched", "reduce", bucket=i, bytes=work.nbytes)
                 self._requests.append(c._comm.Iallreduce(
                     MPI.IN_PLACE, [work, mpi_type(MPI, work.dtype)], op=mpi_op(MPI, self.op)))
             self._launched += 1
@@ -141,8 +144,9 @@ class BucketReducer(Reducer):
         requests = self._requests
         MPI = c._MPI
         if requests:
-            self._fail_safe(c.waiter.wait, lambda: MPI.Request.Testall(requests),
-                            "reduce_gradients", c.seq)
+            with timeline.span("wait for buckets", "reduce", buckets=len(requests)):
+                self._fail_safe(c.waiter.wait, lambda: MPI.Request.Testall(requests),
+                                "reduce_gradients", c.seq)
         self._requests = []
         scale = 1.0 / c.size
         for buf, work in zip(self._bufs, self._work):

@@ -6,6 +6,8 @@ import sys
 import warnings
 from typing import Any, Callable
 
+from tapeflow import timeline
+
 from . import faults
 from .base import Communicator
 from .local import LocalCommunicator
@@ -69,6 +71,8 @@ def init(backend: str = "auto", *, abort_on_failure: bool | None = None,
     again without options for the same backend, it returns the existing communicator.
     ``options`` go to the backend (e.g. ``stall_timeout=30``, ``shared_memory=False``).
 
+    ``$TAPEFLOW_TIMELINE`` (a path) starts this rank's phase timeline (:mod:`tapeflow.timeline`).
+
     From here on a failure on any rank ends the whole job (see
     :mod:`tapeflow.distributed.faults`); ``abort_on_failure=False`` (or
     ``$TAPEFLOW_ABORT_ON_FAILURE=0``) opts out, leaving other ranks to wait for a failed one.
@@ -85,6 +89,9 @@ def init(backend: str = "auto", *, abort_on_failure: bool | None = None,
     faults.install(_current, faults.enabled_by_default() if abort_on_failure is None
                    else abort_on_failure)
     _limit_blas_threads(_current)
+    path = os.environ.get(timeline.TIMELINE_ENV, "").strip()
+    if path and not timeline.active():
+        timeline.start(path, _current.rank, _current.size)
     return _current
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tapeflow import nest
+from tapeflow import nest, timeline
 from tapeflow.tape import GradientTape, UnconnectedGradients
 from tapeflow.tensor import Tensor
 
@@ -195,11 +195,13 @@ class DistributedGradientTape:
             self._pack(b, m, pos_of[sid], g._value, acc)
             b.pending -= 1
             if b.pending == 0:
+                timeline.instant("bucket ready", "reduce", bucket=b_idx, bytes=b.buf.nbytes)
                 reducer.ready(b_idx)
                 ready_during[0] += 1
 
         t0 = time.perf_counter()
-        local = sweep(on_final)
+        with timeline.span("backward", "step"):
+            local = sweep(on_final)
         t_sweep = time.perf_counter()
         # Sources the sweep never reached (unconnected here) travel as zeros, flagged absent
         # unless accumulated gradients stand in for them.
@@ -219,7 +221,8 @@ class DistributedGradientTape:
                     b.buf[off:off + n] = 0
             b.pending = 0
             reducer.ready(b_idx)
-        finite = reducer.finish()
+        with timeline.span("reduce (finish)", "reduce", path=reducer.path):
+            finite = reducer.finish()
         self.stats = {"backward_s": t_sweep - t0,
                       "exposed_wait_s": time.perf_counter() - t_sweep,
                       "launched_during_backward": ready_during[0],
