@@ -7,10 +7,12 @@
 >>> tape.gradient(loss, w).numpy().ravel().tolist()
 [66.0, 88.0]
 """
-from . import data, errors, nn, random, testing
+from . import checkpoint, data, errors, nn, random, testing
 from .array_ops import *  # noqa: F401,F403
 from .array_ops import __all__ as _array_ops_all
 from .custom import custom_gradient
+from .devices import DeviceSpec, device
+from .device_ops import to_device
 from .traced_function import Function, TensorSpec, function
 from .math_ops import *  # noqa: F401,F403
 from .math_ops import __all__ as _math_ops_all
@@ -28,16 +30,23 @@ __version__ = "0.1.0"
 __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
     "Tensor", "TensorShape", "Variable", "constant", "convert_to_tensor", "as_dtype",
     "GradientTape", "UnconnectedGradients", "custom_gradient", "stop_gradient", "PRIMITIVES",
-    "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "float16",
+    "device", "DeviceSpec", "to_device",
+    "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "checkpoint",
+    "optimizers", "distributed", "float16",
     "float32", "float64", "int32", "int64", "bool_", "function", "Function", "TensorSpec",
 })
 
 
+# Subpackages of higher layers, reachable as attributes (`tp.optimizers.SGD`) but imported on
+# first use, so `import tapeflow` stays at the bottom layer and no framework module imports
+# them: tp.keras is the Keras-style facade over every layer (optimizers and the training loop
+# included); tp.optimizers and tp.distributed are the layers above the framework.
+_LAZY_SUBPACKAGES = ("keras", "optimizers", "distributed")
+
+
 def __getattr__(name: str):
-    # tp.keras is the Keras-style facade over every layer (optimizers and the training loop
-    # included), so it is imported on first use: `import tapeflow` stays at the bottom layer.
-    if name == "keras":
+    if name in _LAZY_SUBPACKAGES:
         import importlib
 
-        return importlib.import_module(".keras", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'tapeflow' has no attribute {name!r}")
