@@ -111,8 +111,8 @@ def repeat(input, repeats, axis=None) -> Tensor:
     if counts.size != n or (counts < 0).any():
         raise InvalidArgumentError(f"repeat: repeats must be one non-negative int or {n} of "
                                    f"them for axis {ax} of shape {x.shape}, got {counts.size}")
-    index = np.repeat(np.arange(n), counts)
-    return ops.gather(x, index, axis=ax)
+    index = ops._like(x._value, np.repeat(np.arange(n), counts))
+    return P.getitem_p(x, index=(slice(None),) * ax + (index,))
 
 
 def unstack(value, num=None, axis: int = 0) -> list:

@@ -378,7 +378,7 @@ def pad(tensor, paddings, mode: str = "CONSTANT", constant_values=0) -> Tensor:
             raise InvalidArgumentError(f"pad: {mode} padding {(lo, hi)} of axis {ax} must be at "
                                        f"most {limit} for size {n} (shape {x.shape})")
         if lo or hi:
-            index = np.pad(np.arange(n), (lo, hi), mode=mode.lower())
+            index = _like(x._value, np.pad(np.arange(n), (lo, hi), mode=mode.lower()))
             x = P.getitem_p(x, index=(slice(None),) * ax + (index,))
     return x
 

@@ -42,13 +42,14 @@ def as_dtype(dtype) -> np.dtype:
     return np.dtype(dtype)
 
 
-def _no_truncation(value: Any, dtype: np.dtype):
-    """Convert ``value`` to the integer ``dtype``, refusing to drop a fractional part (TF)."""
-    xp = array_module(value)
-    src = xp.asarray(value)
-    if src.dtype.kind in "fc" and src.size and not bool(xp.all(src == xp.trunc(src))):
-        raise TypeError(f"cannot convert {value!r:.60} to a tensor of dtype {dtype}: it has a "
-                        f"fractional part (cast explicitly with tp.cast to truncate)")
+def _no_float_to_int(value: Any, dtype: np.dtype):
+    """Convert ``value`` to the integer ``dtype``; a float value is refused, as TensorFlow
+    refuses it ("Cannot convert 1.5 to EagerTensor of dtype int32"), even when integral."""
+    src = array_module(value).asarray(value)
+    if src.dtype.kind in "fc":
+        raise TypeError(f"cannot convert {value!r:.60} (dtype {src.dtype}) to a tensor of dtype "
+                        f"{dtype}: float values are not converted to integers implicitly; use "
+                        f"tp.cast to truncate")
     return src.astype(dtype)
 
 
@@ -61,7 +62,7 @@ def _to_array(value: Any, dtype=None):
     if dtype is not None:
         dtype = as_dtype(dtype)
         if dtype.kind in "iu" and not isinstance(value, (int, np.integer)):
-            return _no_truncation(value, dtype)
+            return _no_float_to_int(value, dtype)
         return xp.asarray(value, dtype=dtype)
     if xp is not np or isinstance(value, (np.ndarray, np.generic)):
         return xp.asarray(value)

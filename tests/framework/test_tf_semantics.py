@@ -116,13 +116,15 @@ def test_custom_gradient_with_two_outputs():
     check_grads(lambda t: sin_cos(t)[0] * sin_cos(t)[1], [np.array([0.1, 0.7])], order=2)
 
 
-def test_float_to_int_conversion_refuses_to_truncate():
-    with pytest.raises(TypeError, match="fractional"):
-        tp.constant(1.5, dtype="int32")
-    with pytest.raises(TypeError, match="fractional"):
+def test_float_to_int_conversion_is_refused():
+    for value in (1.5, 2.0, [0.0, 1.0], np.array([1.5])):
+        with pytest.raises(TypeError, match="not converted to integers"):
+            tp.constant(value, dtype="int32")
+    with pytest.raises(TypeError, match="not converted to integers"):
         tp.Variable(1.7, dtype="int32")
-    assert tp.constant(2.0, dtype="int32").numpy() == 2
     assert tp.constant([1, 2], dtype="int64").dtype == np.int64
+    assert tp.constant(np.array([True]), dtype="int32").numpy().tolist() == [1]
+    assert tp.cast(tp.constant(1.7), "int32").numpy() == 1  # explicit truncation
 
 
 def test_integer_reduce_sum_keeps_its_dtype():
