@@ -4,7 +4,7 @@ Each rank trains with ``tape_factory(comm)`` and, as the reference, a LOCAL ``Tr
 (``comm=None``) on the same data; per-step global losses must agree within float summation
 order, and every rank must end with identical parameters.
 
-    OPENBLAS_NUM_THREADS=1 mpiexec -n 2 python -m pytest --with-mpi -q tests/distributed
+    OMP_NUM_THREADS=1 mpiexec -n 2 python -m pytest --with-mpi -q tests/distributed
 """
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 
 import tapeflow as tp
 from tapeflow import optimizers
-from tapeflow.distributed import broadcast_variables, tape_factory
-from tapeflow.distributed.comm import LocalCommunicator
+from tapeflow.distributed import LocalCommunicator, broadcast_variables, tape_factory
 from tapeflow.training import Trainer
 
 N_TRAIN, N_TEST, FEATURES = 800, 101, 20
@@ -65,7 +64,8 @@ def _params(trainer) -> np.ndarray:
 
 
 def _assert_identical_on_all_ranks(comm, params: np.ndarray) -> None:
-    parts = comm.allgather(params)
+    parts = comm.allgather(params[None])  # one row per rank
+    assert parts.shape == (comm.size, params.size)
     for r, p in enumerate(parts):
         np.testing.assert_array_equal(p, parts[0], err_msg=f"rank {r} parameters differ")
 
