@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["array_module", "cupy_or_none", "is_float_dtype", "device_name", "to_numpy"]
+__all__ = ["array_module", "cupy_or_none", "is_float_dtype", "device_name", "to_numpy",
+           "register_array_type", "special_module"]
 
 _cupy = None
+# Array types of other CuPy-shaped modules (tapeflow.strict_device in the `device` tests).
+_MODULES: dict = {}
 _cupy_checked = False
 
 
@@ -28,13 +31,36 @@ def cupy_or_none():
     return _cupy
 
 
+def register_array_type(array_type: type, xp) -> None:
+    """Make :func:`array_module` answer ``xp`` for arrays of ``array_type``."""
+    _MODULES[array_type] = xp
+
+
 def array_module(a):
-    """``numpy`` for NumPy arrays and scalars, ``cupy`` for CuPy arrays."""
-    if type(a) is np.ndarray or not type(a).__module__.startswith("cupy"):
+    """``numpy`` for NumPy arrays and scalars, ``cupy`` for CuPy arrays (or the module
+    registered for the array's type)."""
+    t = type(a)
+    if t is np.ndarray:
+        return np
+    xp = _MODULES.get(t)
+    if xp is not None:
+        return xp
+    if not t.__module__.startswith("cupy"):
         return np
     import cupy
 
     return cupy
+
+
+def special_module(xp):
+    """``scipy.special``'s GPU twin for a CuPy-shaped module: ``cupyx.scipy.special`` for CuPy,
+    the module's own ``special`` for another (the strict stand-in of the device tests)."""
+    sp = getattr(xp, "special", None)
+    if sp is not None:
+        return sp
+    import cupyx.scipy.special
+
+    return cupyx.scipy.special
 
 
 def is_float_dtype(dtype) -> bool:

@@ -11,7 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
+from . import devices as _device
 from . import primitives as P
+from .device_ops import to_device as _to_device
 from ._backend import array_module
 from .errors import InvalidArgumentError, InvalidArgumentIndexError, InvalidArgumentTypeError
 from .recording import derived, stop_gradient
@@ -131,8 +133,12 @@ relu = _unary(P.relu_p, "relu", float_only=False)
 
 
 def identity(x) -> Tensor:
-    """``x`` itself (tensors are immutable); a Variable is read into a Tensor."""
+    """``x`` itself (tensors are immutable); a Variable is read into a Tensor. Inside a
+    ``tp.device`` scope, like TensorFlow's, a copy on that device (differentiable)."""
     x = convert_to_tensor(x)
+    spec = _device.current_device()
+    if spec is not None and spec != _device.device_of(x._value):
+        return _to_device(x, spec)
     return add(x, 0) if isinstance(x, Variable) else x
 
 
@@ -383,7 +389,8 @@ def pad(tensor, paddings, mode: str = "CONSTANT", constant_values=0) -> Tensor:
     return x
 
 
-def _index(item) -> tuple:
+def _index(item, like=None) -> tuple:
+    """A raw index; its arrays on the device of ``like`` (the indexed array), as TF does."""
     items = item if isinstance(item, tuple) else (item,)
     out = []
     for i in items:
@@ -391,12 +398,14 @@ def _index(item) -> tuple:
             i = i._value
         elif isinstance(i, list):
             i = np.asarray(i)
+        if like is not None and hasattr(i, "shape") and type(i) is not type(like):
+            i = _like(like, i)
         out.append(i)
     return tuple(out)
 
 
 def _getitem(self: Tensor, item) -> Tensor:
-    index = _index(item)
+    index = _index(item, self._value)
     try:
         self._value[index]
     except IndexError as e:
@@ -410,7 +419,7 @@ def _variable_getitem(self: Variable, item) -> VariableSlice:
     out = _getitem(self, item)
     view = VariableSlice.__new__(VariableSlice)
     view._value, view._id = out._value, out._id  # the same tensor to every tape
-    view._var, view._index = self, _index(item)
+    view._var, view._index = self, _index(item, self._value)
     return view
 
 
@@ -425,7 +434,7 @@ def gather(params, indices, axis: int = 0) -> Tensor:
     if idx.size and (int(idx._value.min()) < -n or int(idx._value.max()) >= n):
         raise InvalidArgumentIndexError(f"gather: indices out of range [0, {n}) for axis "
                                         f"{axis} of shape {x.shape}")
-    return P.getitem_p(x, index=(slice(None),) * axis + (idx._value,))
+    return P.getitem_p(x, index=(slice(None),) * axis + (_like(x._value, idx._value),))
 
 
 def one_hot(indices, depth: int, on_value=1.0, off_value=0.0, axis: int = -1,

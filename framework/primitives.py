@@ -429,12 +429,7 @@ def scatter_add_p(g, index, shape):
     xp = array_module(g)
     out = xp.zeros(shape, dtype=g.dtype)
     if _is_advanced(index):
-        if xp is np:
-            np.add.at(out, index, g)
-        else:
-            import cupyx
-
-            cupyx.scatter_add(out, index, g)
+        xp.add.at(out, index, g)  # (CuPy >= 13 has ufunc.at, as cupyx.scatter_add)
     else:
         out[index] = g
     return out

@@ -16,7 +16,7 @@ import string
 import numpy as np
 
 from . import primitives as P
-from ._backend import array_module
+from ._backend import array_module, special_module
 from .recording import derived, primitive
 from .tensor import Tensor
 
@@ -88,9 +88,7 @@ def erf_p(x):
         # NumPy has no erf: math.erf per element (exact to double precision; slower than a
         # ufunc, which is why gelu's default tanh-free form costs more than approximate=True).
         return _erf_scalar(x).astype(x.dtype, copy=False)
-    from cupyx.scipy.special import erf
-
-    return erf(x)
+    return special_module(xp).erf(x)
 
 
 @erf_p.defvjp

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from . import devices as _device
 from ._backend import array_module, device_name, to_numpy
 
 __all__ = ["Tensor", "Variable", "TensorShape", "constant", "convert_to_tensor", "as_dtype"]
@@ -54,10 +55,17 @@ def _no_float_to_int(value: Any, dtype: np.dtype):
 
 
 def _to_array(value: Any, dtype=None):
-    """Convert a Python/NumPy/CuPy value to an array following TensorFlow's dtype rules."""
+    """Convert a Python/NumPy/CuPy value to an array following TensorFlow's dtype rules; a new
+    array from Python or NumPy values goes to the ``tp.device`` scope's device."""
     if isinstance(value, Tensor):
         arr = value._value
         return arr if dtype is None or arr.dtype == dtype else arr.astype(as_dtype(dtype))
+    if getattr(_device._LOCAL, "spec", None) is not None:
+        return _device.place(_host_to_array(value, dtype))
+    return _host_to_array(value, dtype)
+
+
+def _host_to_array(value: Any, dtype=None):
     xp = array_module(value)
     if dtype is not None:
         dtype = as_dtype(dtype)
@@ -262,6 +270,8 @@ class Variable(Tensor):
 
     def _checked(self, value, what: str):
         arr = _to_array(value, self._value.dtype)
+        if type(arr) is not type(self._value):
+            arr = _on_device_of(self, arr, what)
         if arr.shape != self._value.shape:
             raise ValueError(f"Variable {self._name!r}.{what}: shape {arr.shape} does not match "
                              f"the variable's shape {self._value.shape}")
@@ -323,6 +333,8 @@ class VariableSlice(Tensor):
     def _update(self, value, how: str) -> "Variable":
         v = self._var
         arr = _to_array(value, v._value.dtype)
+        if type(arr) is not type(v._value):
+            arr = _on_device_of(v, arr, how)
         new = v._value.copy()
         try:
             if how == "assign":
@@ -352,6 +364,16 @@ def _format(value) -> str:
     if arr.ndim == 0:
         return repr(arr.item())  # 7.0, like TensorFlow (NumPy would print "7.")
     return np.array2string(arr, separator=" ", threshold=20)
+
+
+def _on_device_of(v: Variable, arr, what: str):
+    """A host value for ``v``'s device (an explicit conversion, like tp.constant); a value on
+    another device is refused: copying across devices is explicit (``.to``)."""
+    src, dst = _device.device_of(arr), _device.device_of(v._value)
+    if src != dst and src.device_type != "CPU":
+        raise ValueError(f"Variable {v._name!r}.{what}: value on {src} but the variable is on "
+                         f"{dst}; copy it explicitly with .to({dst.to_string()!r})")
+    return _device.to_device(arr, dst)
 
 
 def _snapshot(v: Variable) -> Tensor:

@@ -59,6 +59,9 @@ TABLE = {
     "tanh": [(tp.tanh, [rand(4) * 2])],
     "sigmoid": [(tp.sigmoid, [rand(4) * 3])],
     "relu": [(tp.relu, [distinct(2, 5)])],
+    # a copy to the host (and, on the strict device of the `device` tests, back by its rule)
+    "to_device": [(lambda x: tp.to_device(tp.to_device(x, "/CPU:0") * 2.0, x.device) * x,
+                   [rand(3)])],
     # float32 rounding would swamp a 1e-6 step: a large step is exact for this (bi)linear map.
     "cast": [(lambda x: tp.cast(tp.cast(x, "float32"), "float64") * x, [rand(3)],
               dict(eps=1e-2, rtol=1e-4))],
@@ -78,7 +81,9 @@ TABLE = {
     "broadcast_to": [(weighted(lambda x: tp.broadcast_to(x, (3, 4)), (3, 4)), [rand(4)])],
     "getitem": [(lambda x: x[1:, ::2] * 2.0, [rand(3, 4)]),
                 (lambda x: tp.gather(x, np.array([0, 2, 0]), axis=1), [rand(2, 3)])],
-    "scatter_add": [(lambda g: P.scatter_add_p(g, index=(np.array([0, 2, 0]),), shape=(4, 2)),
+    "scatter_add": [(lambda g: P.scatter_add_p(g, index=(tp.to_device(tp.constant([0, 2, 0]),
+                                                                      g.device)._value,),
+                                               shape=(4, 2)),
                      [rand(3, 2)])],
     "concat": [(lambda a, b: tp.concat([a, b, a], axis=1), [rand(2, 3), rand(2, 1)])],
     "pad": [(weighted(lambda x: tp.pad(x, ((1, 0), (0, 2))), (3, 5)), [rand(2, 3)])],
