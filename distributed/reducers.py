@@ -61,13 +61,9 @@ def _finite(bufs: list) -> bool:
     return all(bool(np.isfinite(b).all()) for b in bufs if b.dtype.kind == "f")
 
 
-class BucketReducer(Reducer):
-    """One non-blocking ``Iallreduce`` per bucket, launched in bucket order as soon as the
-    bucket is ready, so communication can overlap the rest of the backward sweep (how much
-    MPI advances meanwhile is the library's business: MPICH on CPUs advances it only inside
-    MPI calls). float16 buckets are reduced in float32 (MPI has no float16 arithmetic)."""
-
-    path = "mpi"
+class _CheckedReducer(Reducer):
+    """What both MPI reducers share: the communicator's entry guard, the signature exchange
+    posted by ``start``, pool-leased buffers, and giving the communicator back on failure."""
 
     def __init__(self, comm: Any, layout: Layout, op: str, check_finite: bool):
         super().__init__(layout, op, check_finite)
@@ -75,16 +71,37 @@ class BucketReducer(Reducer):
         self._bufs: list = []
         self._agreement = None
 
-    def start(self, tag: int = 0) -> list:
+    def _begin(self, tag: int, buffers) -> list:
         c = self._comm
         c._enter("reduce_gradients")
         try:
             self._agreement = c._agree_start(_check_signature(self.layout, self.op, tag))
-            self._bufs = [c._pool.take(n).view(d)
-                          for (d, _), n in zip(self.layout.buckets, self.layout.nbytes)]
+            self._bufs = buffers()
         except BaseException:
             c._leave()
             raise
+        return self._bufs
+
+    def _leases(self) -> list:
+        return [self._comm._pool.take(n).view(d)
+                for (d, _), n in zip(self.layout.buckets, self.layout.nbytes)]
+
+    def cancel(self) -> None:
+        if self._bufs:
+            self._bufs, self._agreement = [], None
+            self._comm._leave()
+
+
+class BucketReducer(_CheckedReducer):
+    """One non-blocking ``Iallreduce`` per bucket, launched in bucket order as soon as the
+    bucket is ready, so communication can overlap the rest of the backward sweep (how much
+    MPI advances meanwhile is the library's business: MPICH on CPUs advances it only inside
+    MPI calls). float16 buckets are reduced in float32 (MPI has no float16 arithmetic)."""
+
+    path = "mpi"
+
+    def start(self, tag: int = 0) -> list:
+        self._begin(tag, self._leases)
         self._ready = [False] * len(self._bufs)
         self._work: list = [None] * len(self._bufs)
         self._requests: list = []
@@ -115,9 +132,8 @@ class BucketReducer(Reducer):
             self._launched += 1
 
     def cancel(self) -> None:
-        if self._bufs:
-            self._bufs, self._work, self._agreement = [], [], None
-            self._comm._leave()
+        self._work = []
+        super().cancel()
 
     def _fail_safe_joined(self, bufs: list) -> None:
         try:
@@ -159,7 +175,7 @@ class BucketReducer(Reducer):
         return _finite(bufs) if self.check_finite else None
 
 
-class SharedMemoryReducer(Reducer):
+class SharedMemoryReducer(_CheckedReducer):
     """All buckets in one blocking reduction through the node's shared-memory window, after
     the sweep: a shared-memory reduction is CPU work that would only compete with the sweep.
     When this rank's shared slot is free the buckets are packed straight into it (no copy in,
@@ -167,37 +183,19 @@ class SharedMemoryReducer(Reducer):
 
     path = "shared-memory"
 
-    def __init__(self, comm: Any, layout: Layout, op: str, check_finite: bool):
-        super().__init__(layout, op, check_finite)
-        self._comm = comm
-        self._bufs: list = []
-        self._agreement = None
-
     def start(self, tag: int = 0) -> list:
-        c = self._comm
-        c._enter("reduce_gradients")
-        try:
-            self._agreement = c._agree_start(_check_signature(self.layout, self.op, tag))
-            nbytes = self.layout.nbytes
-            whole = c._shm.lend(sum(nbytes))
-            if whole is None:
-                self._bufs = [c._pool.take(n).view(d)
-                              for (d, _), n in zip(self.layout.buckets, nbytes)]
-            else:
-                bufs, off = [], 0
-                for (d, _), n in zip(self.layout.buckets, nbytes):
-                    bufs.append(whole[off:off + n].view(d))
-                    off += n
-                self._bufs = bufs
-        except BaseException:
-            c._leave()
-            raise
-        return self._bufs
+        return self._begin(tag, self._buffers)
 
-    def cancel(self) -> None:
-        if self._bufs:
-            self._bufs, self._agreement = [], None
-            self._comm._leave()
+    def _buffers(self) -> list:
+        nbytes = self.layout.nbytes
+        whole = self._comm._shm.lend(sum(nbytes))
+        if whole is None:  # the slot is still held (or too small): private leases
+            return self._leases()
+        bufs, off = [], 0
+        for (d, _), n in zip(self.layout.buckets, nbytes):
+            bufs.append(whole[off:off + n].view(d))
+            off += n
+        return bufs
 
     def finish(self) -> bool | None:
         c = self._comm
