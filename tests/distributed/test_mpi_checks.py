@@ -119,6 +119,30 @@ def test_different_collectives_raise_on_every_rank(either):
         _still_in_step(either)
 
 
+@pytest.mark.mpi(min_size=2)
+def test_a_tape_step_on_one_rank_and_an_allreduce_on_another(either):
+    import tapeflow as tp
+    from tapeflow.distributed import DistributedGradientTape
+
+    w = tp.Variable(np.ones((300, 100), np.float32))  # 120 KB: shared memory on comm
+
+    def call():
+        if either.rank == 0:
+            with DistributedGradientTape(tp.GradientTape(), either) as tape:
+                loss = tp.reduce_sum(w * w)
+            return tape.gradient(loss, w)
+        return either.allreduce(np.ones((300, 100), np.float32), "sum")
+
+    outcomes = _outcome(either, call)
+    assert all(o.startswith("MismatchError") and "reduce_gradients" in o and "allreduce" in o
+               for o in outcomes), outcomes
+    _still_in_step(either)
+    with DistributedGradientTape(tp.GradientTape(), either, op="sum") as tape:
+        loss = tp.reduce_sum(w * float(either.rank + 1))
+    np.testing.assert_array_equal(tape.gradient(loss, w).numpy(),
+                                  either.size * (either.size + 1) / 2)
+
+
 # -- threads ----------------------------------------------------------------------------------
 
 def _start(fn) -> tuple[threading.Thread, dict]:

@@ -619,6 +619,40 @@ def test_held_gradients_never_change(request, path, held):
                                    atol=1e-6)
 
 
+@pytest.mark.mpi
+def test_a_gradient_held_on_one_rank_only_and_after_close(comm):
+    if comm.backend != "mpi":
+        pytest.skip("MPI only")
+    from tapeflow.distributed import MPICommunicator
+
+    own = MPICommunicator(stall_timeout=60)
+    vs = _held_model()
+
+    def step(s):
+        with DistributedGradientTape(tp.GradientTape(), own) as tape:
+            loss = _held_loss(vs, own.rank, s)
+        return tape.gradient(loss, vs)
+
+    step(0)
+    first = step(0)
+    held = first[1] if own.rank == 0 else None  # ranks hold different things
+    copy = first[1].numpy().copy()
+    del first
+    for s in (1, 2):
+        later = step(s)
+        np.testing.assert_allclose(later[0].numpy(), _held_expected(own.size, s)[0], rtol=1e-5,
+                                   atol=1e-6)
+    huge = own.allreduce(np.ones(3_000_000, np.float32), "sum")  # the window grows
+    own.close()  # results still held view the old windows: they stay mapped and unchanged
+    np.testing.assert_array_equal(huge[::100_000], own.size)
+    for k, g in enumerate(later):
+        np.testing.assert_allclose(g.numpy(), _held_expected(own.size, 2)[k], rtol=1e-5,
+                                   atol=1e-6)
+    if held is not None:
+        np.testing.assert_array_equal(held.numpy(), copy)
+    np.testing.assert_allclose(copy, _held_expected(own.size, 0)[1], rtol=1e-5, atol=1e-6)
+
+
 # -- a non-finite gradient on one rank: every rank skips, on both paths -------------------------
 
 
