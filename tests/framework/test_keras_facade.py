@@ -214,3 +214,20 @@ def test_datasets_return_keras_tuple_from_the_verified_loader():
     (a, b), (c, e) = tp.data.load_mnist(str(d), download=False)
     np.testing.assert_array_equal(a, x_train)
     np.testing.assert_array_equal(b, y_train)
+
+
+def test_load_mnist_splits_unpack_like_keras():
+    arrays = [np.zeros((2, 28, 28), np.uint8), np.array([3, 4]), np.ones((1, 28, 28), np.uint8),
+              np.array([5])]
+    (x_train, y_train), (x_test, y_test) = tp.data.Splits(*arrays)
+    assert x_train is arrays[0] and y_train is arrays[1]
+    assert x_test is arrays[2] and y_test is arrays[3]
+
+
+def test_import_tapeflow_does_not_load_the_keras_facade():
+    import subprocess
+    import sys
+    code = ("import sys, tapeflow as tp; assert 'tapeflow.keras' not in sys.modules; "
+            "assert 'tapeflow.optimizers' not in sys.modules; tp.keras.layers.Dense; "
+            "assert 'tapeflow.optimizers' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
