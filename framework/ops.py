@@ -142,8 +142,21 @@ def identity(x) -> Tensor:
     return add(x, 0) if isinstance(x, Variable) else x
 
 
+def _of_module(np_fn):
+    """``np_fn`` on NumPy arrays; the same-named function of the array's own module else."""
+    name = np_fn.__name__
+
+    def call(a, *rest):
+        return np_fn(a, *rest) if type(a) is np.ndarray else getattr(array_module(a), name)(
+            a, *rest)
+    call.__name__ = name
+    return call
+
+
 def _raw(op_fn, name: str | None = None):
     """An op whose result carries no gradient (comparisons, integer arithmetic, rounding)."""
+    op_fn = _of_module(op_fn)
+
     def fn(x, y=None) -> Tensor:
         if y is None:
             return derived(op_fn, convert_to_tensor(x))

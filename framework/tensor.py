@@ -270,7 +270,7 @@ class Variable(Tensor):
 
     def _checked(self, value, what: str):
         arr = _to_array(value, self._value.dtype)
-        if type(arr) is not type(self._value):
+        if type(arr) is not type(self._value) or _other_device(arr, self._value):
             arr = _on_device_of(self, arr, what)
         if arr.shape != self._value.shape:
             raise ValueError(f"Variable {self._name!r}.{what}: shape {arr.shape} does not match "
@@ -333,7 +333,7 @@ class VariableSlice(Tensor):
     def _update(self, value, how: str) -> "Variable":
         v = self._var
         arr = _to_array(value, v._value.dtype)
-        if type(arr) is not type(v._value):
+        if type(arr) is not type(v._value) or _other_device(arr, v._value):
             arr = _on_device_of(v, arr, how)
         new = v._value.copy()
         try:
@@ -364,6 +364,11 @@ def _format(value) -> str:
     if arr.ndim == 0:
         return repr(arr.item())  # 7.0, like TensorFlow (NumPy would print "7.")
     return np.array2string(arr, separator=" ", threshold=20)
+
+
+def _other_device(arr, like) -> bool:
+    """Two device arrays of one library on different devices (False for NumPy arrays)."""
+    return type(arr) is not np.ndarray and arr.device != like.device
 
 
 def _on_device_of(v: Variable, arr, what: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
+from .._backend import array_module
 from .. import primitives as P
 from .. import primitives_ext as PX
 from ..errors import InvalidArgumentError
@@ -54,10 +55,28 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits) -> Tensor:
                          f" must equal logits shape without its last axis, {logits.shape[:-1]}")
     lv = labels._value
     n_classes = logits.shape[-1]
+    if type(lv) is not np.ndarray:
+        # On a device, as TensorFlow on a GPU: the labels are not read on the host; a label out
+        # of range gives a NaN loss row (checked on the device, computed with label 0).
+        bad = derived(_out_of_range, labels, n=n_classes)
+        losses = P.sparse_softmax_xent_p(logits, derived(_zero_where, labels, bad))
+        return ops.where(bad, derived(_nans_like, losses), losses)
     if lv.size and (int(lv.min()) < 0 or int(lv.max()) >= n_classes):
         raise InvalidArgumentError(f"sparse_softmax_cross_entropy_with_logits: labels must lie in "
                          f"[0, {n_classes}), got values from {int(lv.min())} to {int(lv.max())}")
     return P.sparse_softmax_xent_p(logits, labels)
+
+
+def _out_of_range(lv, n: int):
+    return (lv < 0) | (lv >= n)
+
+
+def _zero_where(lv, bad):
+    return lv * ~bad
+
+
+def _nans_like(a):
+    return array_module(a).full_like(a, np.nan)
 
 
 def softmax_cross_entropy_with_logits(labels, logits, axis: int = -1) -> Tensor:

@@ -88,6 +88,15 @@ class Module:
         """All tracked Variables, trainable or not, in walk order."""
         return [v for _, v in self.named_variables()]
 
+    def to(self, device) -> "Module":
+        """Move every variable of this module and its submodules to ``device`` (``"/GPU:0"``,
+        ``"cpu"``) in place, and return the module. Optimizers create slots on each variable's
+        device, so move a model before its first training step."""
+        from ..device_ops import move_variables
+
+        move_variables(self.variables, device)
+        return self
+
     @property
     def trainable_variables(self) -> list[Variable]:
         return [v for _, v in self.named_variables() if v.trainable]
