@@ -282,10 +282,13 @@ def relu_p(x):
 
 @relu_p.defvjp
 def _(g, ans, xs, shapes, needs):
-    # NOTE: the mask is sign(ans) = (x > 0) from the output, so relu'(0) = 0 like TensorFlow;
-    # written as maximum(x, 0) the tie rule would send the gradient to x at 0. Through the sign
-    # primitive, so the second derivative is zeros (TensorFlow's ReluGradGrad), not None.
-    return (multiply_p.call2(g, sign_p(ans)),)
+    # NOTE: the mask is (ans > 0) from the output, so relu'(0) = 0 like TensorFlow; written as
+    # maximum(x, 0) the tie rule would send the gradient to x at 0. While an outer tape records,
+    # the mask is sign(ans) through the sign primitive, so the second derivative is zeros
+    # (TensorFlow's ReluGradGrad), not None; otherwise a bool mask (np.sign costs twice as much).
+    if _ACTIVE:
+        return (multiply_p.call2(g, sign_p(ans)),)
+    return (multiply_p.call2(g, derived(_positive, ans)),)
 
 
 @primitive("cast")
