@@ -31,7 +31,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tapeflow import nest, timeline
+from tapeflow import devices, nest, timeline
+from tapeflow._backend import array_module
 from tapeflow.tape import GradientTape, UnconnectedGradients
 from tapeflow.tensor import Tensor
 
@@ -237,11 +238,13 @@ class DistributedGradientTape:
             b_idx, m = plan.where[k]
             b = plan.buckets[b_idx]
             if b.buf[b.total + m] == 0:
-                out.append(Tensor(np.zeros(s.shape, s.dtype)) if mode is
+                out.append(Tensor(array_module(s._value).zeros(s.shape, s.dtype)) if mode is
                            UnconnectedGradients.ZERO else None)
                 continue
             off, n = b.offsets[m], b.sizes[m]
             g = b.buf[off:off + n].reshape(s.shape)
+            if type(g) is not type(s._value):
+                g = _stage(g, s._value)  # a host (MPI) bucket back to the source's device
             if b.dtype != s.dtype:
                 g = g.astype(s.dtype)
             out.append(Tensor(g))
@@ -262,12 +265,16 @@ class DistributedGradientTape:
             g = extra
         elif extra is not None:
             g = g + extra
-        np.copyto(b.buf[off:off + n], g.reshape(-1), casting="same_kind")
+        flat = g.reshape(-1)
+        if type(flat) is not type(b.buf):
+            flat = _stage(flat, b.buf)  # a device gradient into a host (MPI) bucket
+        array_module(b.buf).copyto(b.buf[off:off + n], flat, casting="same_kind")
         b.buf[b.total + m] = 1
 
     def _on_nonfinite(self, leaves: list, local: dict) -> None:
         mine = [k for k, s in enumerate(leaves) if s._id in local
-                and not bool(np.isfinite(local[s._id]._value).all())]
+                and not bool(array_module(local[s._id]._value).isfinite(
+                    local[s._id]._value).all())]
         reports = self.comm.allgather_object(mine)
         self.nonfinite_ranks = [r for r, bad in enumerate(reports) if bad]
         detail = "; ".join(f"rank {r}: tensors {bad}" for r, bad in enumerate(reports) if bad)
@@ -311,6 +318,12 @@ class DistributedGradientTape:
         plan = _Plan(buckets=buckets, where=where, reducer=reducer)
         plans[key] = plan
         return plan
+
+
+def _stage(a, like):
+    """The MPI staging copy, explicit: ``a`` onto ``like``'s device (device -> host for a host
+    bucket, host -> device for a gradient whose source lives on a device)."""
+    return devices.to_device(a, devices.device_of(like))
 
 
 def tape_factory(comm: Communicator, **options) -> Callable[[], Any]:
