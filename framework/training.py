@@ -1,16 +1,19 @@
-"""The training loop behind ``tapeflow-train``, reusable from Python and under MPI.
+"""The one training loop: behind ``model.fit``, ``tapeflow-train`` and direct use, under MPI too.
 
 Global-batch semantics: each step draws a *global* batch from the permutation of
 ``(seed, epoch)``; a data-parallel run splits it across ranks (uneven splits allowed). Every
 rank differentiates the *sum* of its examples' losses divided by the global batch size, so
 summing the gradients over ranks gives exactly the global mean gradient: 1, 2 or 4 ranks follow
 the same trajectory up to float summation order. With one process the reduction is a no-op.
+
+The loop takes every service of a higher layer as an argument: the optimizer, the gradient
+tape factory (a ``DistributedGradientTape`` one under MPI) and the communicator, so it imports
+neither ``tapeflow.optimizers`` nor ``tapeflow.distributed``. Callbacks
+(:mod:`tapeflow.callbacks`) see global figures, equal on every rank.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import signal
 import threading
 import time
@@ -21,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import callbacks as cbks
 from . import checkpoint as ckpt
 from . import data as tp_data
 from . import ops
@@ -29,7 +33,8 @@ from .nn import functional as F
 from .tape import GradientTape
 from .tensor import Tensor
 
-__all__ = ["Trainer", "EpochResult", "Interrupted", "sync_variables", "sync_optimizer_state"]
+__all__ = ["Trainer", "EpochResult", "Interrupted", "sync_variables", "sync_optimizer_state",
+           "sparse_accuracy", "sparse_cross_entropy"]
 
 
 def sync_variables(variables, comm, root: int = 0) -> None:
@@ -64,6 +69,7 @@ class EpochResult:
     seconds: float
     samples_per_second: float
     steps: int
+    logs: dict = field(default_factory=dict)
 
 
 class _NoComm:
@@ -80,6 +86,27 @@ class _NoComm:
     def broadcast_object(self, obj=None, root=0):
         return obj
 
+    def broadcast_variables(self, variables, root=0):
+        pass
+
+    def broadcast_optimizer_state(self, optimizer, root=0):
+        pass
+
+
+def sparse_cross_entropy(labels, logits) -> Tensor:
+    """The default per-example loss: softmax cross-entropy of integer labels and logits."""
+    return F.sparse_softmax_cross_entropy_with_logits(labels, logits)
+
+
+def sparse_accuracy(labels, outputs) -> np.ndarray:
+    """The default metric: 1.0 where the largest output is the label's, else 0.0."""
+    return (_host(outputs).argmax(axis=-1) == _host(labels)).astype(np.float64)
+
+
+def _host(x) -> np.ndarray:
+    value = x._value if isinstance(x, Tensor) else x
+    return value.get() if hasattr(value, "get") else np.asarray(value)
+
 
 @dataclass
 class Trainer:
@@ -88,19 +115,25 @@ class Trainer:
     ``gradient_tape`` builds the tape (a ``DistributedGradientTape`` factory under MPI) and
     ``comm`` is used for metrics, evaluation sums and agreeing on interruption.
 
+    ``loss_fn(labels, outputs)`` gives per-example losses (default: sparse softmax
+    cross-entropy of logits); ``metric_fns`` maps names to per-example metric functions
+    (default ``{"accuracy": sparse_accuracy}``). ``x_test`` may be ``None`` (no evaluation);
+    its figures are logged as ``<eval_prefix>loss`` etc. (``"test_"``; ``model.fit`` uses
+    ``"val_"``). ``callbacks`` (:mod:`tapeflow.callbacks`) run on every rank; a callback may
+    set ``trainer.stop_training`` to end training after the epoch.
+
     ``config`` (JSON data, e.g. the model and optimizer names) is stored in each checkpoint;
-    :meth:`restore` refuses a checkpoint whose config, seed or batch size differ. Metrics are
-    JSON lines: a ``{"event": "start", ...}`` record per process start, then step and epoch
-    records, each with the ``run`` id (kept across resumes) and a Unix ``time``; resuming
-    drops this run's records after the restored step, so no step appears twice.
+    :meth:`restore` refuses a checkpoint whose config, seed or batch size differ.
+    ``metrics_path`` adds a :class:`~tapeflow.callbacks.JSONLLogger`, ``progress`` a
+    :class:`~tapeflow.callbacks.ProgbarLogger`.
     """
 
     model: Any
     optimizer: Any
     x_train: np.ndarray
     y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
     batch_size: int = 128
     seed: int = 0
     comm: Any = None
@@ -120,22 +153,35 @@ class Trainer:
     stop_check_every: int = 10
     config: dict | None = None
     run_id: str | None = None
+    loss_fn: Callable[[Any, Any], Any] = staticmethod(sparse_cross_entropy)
+    metric_fns: dict | None = None
+    callbacks: Sequence[Any] = ()
+    eval_prefix: str = "test_"
+    shuffle: bool = True
+    stop_training: bool = False
     _stop_signal: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.comm is None:
             self.comm = _NoComm()
         if self.batch_size < self.comm.size:
-            raise ValueError(f"--batch-size {self.batch_size} is the global batch and must be at "
-                             f"least the number of ranks ({self.comm.size})")
-        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
-            raise ValueError(f"images and labels differ in length: train {len(self.x_train)} vs "
-                             f"{len(self.y_train)}, test {len(self.x_test)} vs {len(self.y_test)}")
+            raise ValueError(f"the global batch size {self.batch_size} must be at least the "
+                             f"number of ranks ({self.comm.size})")
+        if len(self.x_train) != len(self.y_train):
+            raise ValueError(f"inputs and labels differ in length: {len(self.x_train)} vs "
+                             f"{len(self.y_train)}")
+        if self.x_test is not None and len(self.x_test) != len(self.y_test):
+            raise ValueError(f"evaluation inputs and labels differ in length: "
+                             f"{len(self.x_test)} vs {len(self.y_test)}")
+        if self.metric_fns is None:
+            self.metric_fns = {"accuracy": sparse_accuracy}
         self.variables = list(self.model.trainable_variables)
-        self._epoch_sums = [0.0, 0.0, 0.0]  # this rank's loss sum, correct, seen this epoch
-        self._metrics_file = None
+        self._epoch_sums = self._zero_sums()  # this rank's loss, metric sums, seen
         self._lock: ckpt.DirectoryLock | None = None
-        self._resumed_from: int | None = None
+        self.resumed_from: int | None = None
+
+    def _zero_sums(self) -> list[float]:
+        return [0.0] * (len(self.metric_fns) + 2)
 
     @property
     def is_root(self) -> bool:
@@ -146,13 +192,12 @@ class Trainer:
         return math.ceil(len(self.x_train) / self.batch_size)
 
     # ---------------------------------------------------------------- one step
-    def train_step(self, x, y, global_count: int) -> tuple[float, int]:
-        """One optimizer step on this rank's shard; returns (summed loss, correct) of the shard."""
+    def train_step(self, x, y, global_count: int) -> np.ndarray:
+        """One optimizer step on this rank's shard; returns its sums: loss, each metric."""
         xt, yt = Tensor(self.to_device(x)), Tensor(self.to_device(y))
         with self.gradient_tape() as tape:
-            logits = self.model(xt, training=True)
-            losses = F.sparse_softmax_cross_entropy_with_logits(yt, logits)
-            loss = ops.multiply(ops.reduce_sum(losses), 1.0 / global_count)
+            outputs = self.model(xt, training=True)
+            loss = ops.multiply(ops.reduce_sum(self.loss_fn(yt, outputs)), 1.0 / global_count)
         grads = tape.gradient(loss, self.variables)
         if getattr(tape, "skipped", False):
             # A non-finite gradient on some rank: every rank skips this update together (the
@@ -160,36 +205,48 @@ class Trainer:
             self.skipped_steps += 1
         else:
             self.optimizer.apply_gradients(zip(grads, self.variables))
-        correct = int((logits._value.argmax(axis=-1) == yt._value).sum())
-        return float(loss._value) * global_count, correct
+        return np.array([float(_host(loss)) * global_count,
+                         *(float(np.sum(fn(yt, outputs))) for fn in self.metric_fns.values())])
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
-        """Exact mean loss and accuracy: each rank takes a disjoint contiguous range."""
+    def evaluate_logs(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000,
+                      prefix: str = "") -> dict[str, float]:
+        """Exact mean loss and metrics over ``(x, y)``: each rank takes a disjoint contiguous
+        range and the sums are added over ranks. Keys ``loss`` and the metric names, after
+        ``prefix``."""
         part = tp_data.shard_range(len(x), self.comm.rank, self.comm.size)
-        loss_sum, correct = 0.0, 0
+        sums = np.zeros(len(self.metric_fns) + 1)
         for start in range(part.start, part.stop, batch_size):
             stop = min(start + batch_size, part.stop)
-            logits = self.model(Tensor(self.to_device(x[start:stop])), training=False)
+            outputs = self.model(Tensor(self.to_device(x[start:stop])), training=False)
             yt = Tensor(self.to_device(y[start:stop]))
-            loss_sum += float(ops.reduce_sum(
-                F.sparse_softmax_cross_entropy_with_logits(yt, logits))._value)
-            correct += int((logits._value.argmax(axis=-1) == yt._value).sum())
-        totals = self.comm.allreduce(np.array([loss_sum, correct], np.float64), op="sum")
-        return float(totals[0]) / len(x), float(totals[1]) / len(x)
+            sums += [float(np.sum(_host(self.loss_fn(yt, outputs)))),
+                     *(float(np.sum(fn(yt, outputs))) for fn in self.metric_fns.values())]
+        totals = self.comm.allreduce(sums, op="sum")
+        names = ["loss", *self.metric_fns]
+        return {prefix + k: float(v) / max(len(x), 1) for k, v in zip(names, totals)}
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
+        """``(loss, accuracy)`` over ``(x, y)`` (see :meth:`evaluate_logs`)."""
+        logs = self.evaluate_logs(x, y, batch_size)
+        return logs["loss"], logs.get("accuracy", float("nan"))
 
     # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> Path | None:
-        """Rank 0 writes the checkpoint (atomically). Collective: every rank must call it."""
-        if not self.checkpoint_dir:
+    def save_checkpoint(self, directory: str | Path | None = None,
+                        keep: int | None = None) -> Path | None:
+        """Rank 0 writes the checkpoint (atomically) into ``directory`` (default
+        ``checkpoint_dir``). Collective: every rank must call it."""
+        directory = directory or self.checkpoint_dir
+        if not directory:
             return None
         # The epoch's running sums, so a mid-epoch resume reports the whole epoch's metrics.
         sums = self.comm.allreduce(np.array(self._epoch_sums, np.float64), op="sum")
         if not self.is_root:
             return None
         return ckpt.save_training_state(
-            self.checkpoint_dir, self.step, model=self.model, optimizer=self.optimizer,
-            epoch=self.epoch, position=self.position, keep=self.keep_checkpoints,
+            directory, self.step, model=self.model, optimizer=self.optimizer,
+            epoch=self.epoch, position=self.position,
+            keep=self.keep_checkpoints if keep is None else keep,
             extra={"seed": self.seed, "batch_size": self.batch_size, "run_id": self.run_id,
                    "config": self.config, "epoch_sums": [float(v) for v in sums]})
 
@@ -267,13 +324,14 @@ class Trainer:
         if meta is None:
             return False
         extra = meta["extra"]
-        if self.is_root and meta["position"]:
-            self._epoch_sums = list(extra.get("epoch_sums", [0.0, 0.0, 0.0]))
+        saved_sums = list(extra.get("epoch_sums") or [])
+        if self.is_root and meta["position"] and len(saved_sums) == len(self._epoch_sums):
+            self._epoch_sums = saved_sums
         if self.comm.size > 1:
             self._broadcast_state(meta)
         self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
         self.run_id = extra.get("run_id") or self.run_id
-        self._resumed_from = self.step
+        self.resumed_from = self.step
         if self.is_root:
             self.log(f"resumed from {meta['path']}: step {self.step}, epoch {self.epoch + 1}, "
                      f"batch {self.position}")
@@ -285,33 +343,7 @@ class Trainer:
         if not self.is_root:
             tp_random.set_state(meta["rng"])
 
-    # ---------------------------------------------------------------- metrics and signals
-    def _metric(self, record: dict) -> None:
-        if self._metrics_file is not None:
-            record = {"run": self.run_id, "time": round(time.time(), 3), **record}
-            self._metrics_file.write(json.dumps(record) + "\n")
-            self._metrics_file.flush()
-
-    def _open_metrics(self) -> None:
-        """Rank 0 opens the metrics file for appending; on resume this run's records after
-        the restored step are dropped first (they would appear twice)."""
-        path = Path(self.metrics_path)
-        if self._resumed_from is not None and path.is_file():
-            kept = []
-            for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by kill -9
-                if not (record.get("run") == self.run_id
-                        and record.get("step", 0) > self._resumed_from):
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(kept), encoding="utf-8")
-            os.replace(tmp, path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._metrics_file = open(path, "a", encoding="utf-8")
-
+    # ---------------------------------------------------------------- signals
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
@@ -328,8 +360,20 @@ class Trainer:
         return bool(flag[0])
 
     # ---------------------------------------------------------------- the loop
+    def _callback_list(self, epochs: int) -> cbks.CallbackList:
+        extra = []
+        if self.metrics_path:
+            extra.append(cbks.JSONLLogger(self.metrics_path))
+        if self.progress and not any(isinstance(c, cbks.ProgbarLogger) for c in self.callbacks):
+            extra.append(cbks.ProgbarLogger())
+        callbacks = cbks.CallbackList([*extra, *self.callbacks])
+        callbacks.set_trainer(self, {"epochs": epochs, "steps": self.steps_per_epoch,
+                                     "verbose": int(self.progress)})
+        return callbacks
+
     def fit(self, epochs: int) -> list[EpochResult]:
-        """Train until ``epochs`` complete epochs (counting any restored ones).
+        """Train until ``epochs`` complete epochs (counting any restored ones), or until a
+        callback sets ``stop_training``.
 
         SIGINT, SIGTERM and SIGHUP stop it at a step every rank agrees on, after a checkpoint
         is saved: :class:`Interrupted` is raised."""
@@ -337,114 +381,102 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             previous = {s: signal.signal(s, self._on_signal)
                         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        callbacks = self._callback_list(epochs)
+        self.stop_training = False
         try:
             self._take_directory()
             if self.run_id is None:
                 self.run_id = self.comm.broadcast_object(
                     uuid.uuid4().hex[:12] if self.is_root else None, root=0)
-            if self.metrics_path:
-                self._on_root(self._open_metrics)
-            self._metric({"event": "start", "start_time": time.strftime(
-                "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": self.step, "epoch": self.epoch,
-                "resumed": self._resumed_from is not None, "ranks": self.comm.size,
-                "steps_per_epoch": self.steps_per_epoch,
-                "batch_size": self.batch_size, "seed": self.seed, "config": self.config})
-            results = []
-            while self.epoch < epochs:
-                results.append(self._run_epoch(epochs))
+            callbacks.on_train_begin({})
+            results: list[EpochResult] = []
+            while self.epoch < epochs and not self.stop_training:
+                results.append(self._run_epoch(epochs, callbacks))
+            callbacks.on_train_end(results[-1].logs if results else {})
             return results
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            if self._metrics_file is not None:
-                self._metrics_file.close()
-                self._metrics_file = None
+            callbacks.close()
             self.close()
 
-    def _progress_bar(self, epochs: int):
-        if not (self.progress and self.is_root):
-            return None
-        from tqdm.auto import tqdm
-
-        import shutil
-        import sys
-
-        # Under mpiexec stderr is a pipe with no width: a fixed, modest width then.
-        tty = sys.stderr.isatty()
-        ncols = None if tty else min(shutil.get_terminal_size((100, 24)).columns, 100)
-        return tqdm(total=self.steps_per_epoch, initial=self.position, unit="step",
-                    desc=f"epoch {self.epoch + 1}/{epochs}", leave=False, dynamic_ncols=tty,
-                    ncols=ncols)
-
-    def _run_epoch(self, epochs: int) -> EpochResult:
+    def _run_epoch(self, epochs: int, callbacks: cbks.CallbackList) -> EpochResult:
         n = len(self.x_train)
-        order = list(tp_data.batches(n, self.batch_size, seed=self.seed, epoch=self.epoch))
-        bar = self._progress_bar(epochs)
+        order = list(tp_data.batches(n, self.batch_size, seed=self.seed, epoch=self.epoch,
+                                     shuffle=self.shuffle))
+        callbacks.on_epoch_begin(self.epoch, {})
         t0 = time.perf_counter()
         window_t, window_samples = t0, 0
         if self.position == 0:
-            self._epoch_sums = [0.0, 0.0, 0.0]
-        loss_sum, correct, seen = self._epoch_sums
+            self._epoch_sums = self._zero_sums()
+        sums = np.array(self._epoch_sums, np.float64)
         seen_here = 0  # samples of this process only: a resumed epoch's rate is not inflated
-        lr = self.optimizer.current_learning_rate
+        names = ["loss", *self.metric_fns]
         for b in range(self.position, len(order)):
+            callbacks.on_train_batch_begin(b, {})
             global_idx = order[b]
             mine = tp_data.shard_indices(global_idx, self.comm.rank, self.comm.size)
-            loss_b, correct_b = self.train_step(self.x_train[mine], self.y_train[mine],
-                                                len(global_idx))
-            loss_sum, correct, seen = loss_sum + loss_b, correct + correct_b, seen + len(mine)
-            self._epoch_sums = [loss_sum, correct, seen]
+            step_sums = self.train_step(self.x_train[mine], self.y_train[mine], len(global_idx))
+            sums += [*step_sums, len(mine)]
+            self._epoch_sums = [float(v) for v in sums]
             window_samples += len(global_idx)
             seen_here += len(global_idx)
             self.step += 1
             self.position = b + 1
-            if bar is not None:
-                bar.update(1)
+            logs: dict[str, Any] = {"batch": b, "size": len(global_idx), "step": self.step}
             if self.log_every and self.step % self.log_every == 0:
                 now = time.perf_counter()
                 rate = window_samples / max(now - window_t, 1e-9)
                 window_t, window_samples = now, 0
-                lr = self.optimizer.current_learning_rate
-                # the global batch's loss and accuracy, not rank 0's shard: logs do not depend
-                # on the number of ranks (every rank logs at the same steps)
-                step_totals = np.array([loss_b, correct_b, len(mine)], np.float64)
+                # the global batch's figures, not rank 0's shard: logs do not depend on the
+                # number of ranks (every rank logs at the same steps)
+                totals = np.array([*step_sums, len(mine)], np.float64)
                 if self.comm.size > 1:
-                    step_totals = self.comm.allreduce(step_totals, op="sum")
-                step_loss = float(step_totals[0]) / max(float(step_totals[2]), 1.0)
-                step_acc = float(step_totals[1]) / max(float(step_totals[2]), 1.0)
-                self._metric({"step": self.step, "epoch": self.epoch + 1, "loss": step_loss,
-                              "accuracy": step_acc, "learning_rate": lr,
-                              "samples_per_second": rate})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{rate:,.0f}")
+                    totals = self.comm.allreduce(totals, op="sum")
+                count = max(float(totals[-1]), 1.0)
+                logs.update({k: float(v) / count for k, v in zip(names, totals)})
+                logs.update(learning_rate=self.optimizer.current_learning_rate,
+                            samples_per_second=rate)
+            callbacks.on_train_batch_end(b, logs)
             if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self.save_checkpoint()
             if self._should_stop():
                 path = self.save_checkpoint()
-                if bar is not None:
-                    bar.close()
+                callbacks.close()
                 raise Interrupted(self._stop_signal, path)
-        if bar is not None:
-            bar.close()
         seconds = time.perf_counter() - t0
-        totals = self.comm.allreduce(np.array([loss_sum, correct, seen], np.float64), op="sum")
-        test_loss, test_acc = self.evaluate(self.x_test, self.y_test)
-        result = EpochResult(epoch=self.epoch + 1, train_loss=totals[0] / max(totals[2], 1),
-                             train_accuracy=totals[1] / max(totals[2], 1), test_loss=test_loss,
-                             test_accuracy=test_acc, seconds=seconds,
-                             samples_per_second=seen_here / max(seconds, 1e-9),
-                             steps=len(order))
+        totals = self.comm.allreduce(np.array(self._epoch_sums, np.float64), op="sum")
+        count = max(float(totals[-1]), 1.0)
+        logs = {k: float(v) / count for k, v in zip(names, totals)}
+        if self.x_test is not None:
+            logs.update(self.evaluate_logs(self.x_test, self.y_test, prefix=self.eval_prefix))
+        logs.update(learning_rate=self.optimizer.current_learning_rate,
+                    samples_per_second=seen_here / max(seconds, 1e-9), epoch_seconds=seconds)
+        nan = float("nan")
+        result = EpochResult(
+            epoch=self.epoch + 1, train_loss=logs["loss"],
+            train_accuracy=logs.get("accuracy", nan),
+            test_loss=logs.get(self.eval_prefix + "loss", nan),
+            test_accuracy=logs.get(self.eval_prefix + "accuracy", nan), seconds=seconds,
+            samples_per_second=logs["samples_per_second"], steps=len(order), logs=logs)
         self.epoch += 1
         self.position = 0
         self.save_checkpoint()
-        self._metric({"epoch": result.epoch, "step": self.step, "loss": result.train_loss,
-                      "accuracy": result.train_accuracy, "test_loss": test_loss,
-                      "test_accuracy": test_acc, "learning_rate": lr,
-                      "samples_per_second": result.samples_per_second,
-                      "epoch_seconds": seconds})
-        if self.is_root:
-            self.log(f"epoch {result.epoch}/{epochs}: loss {result.train_loss:.4f} "
-                     f"acc {result.train_accuracy:.4f} | test loss {test_loss:.4f} "
-                     f"acc {test_acc:.4f} | {seconds:.1f}s, "
-                     f"{result.samples_per_second:,.0f} samples/s")
+        callbacks.on_epoch_end(result.epoch - 1, logs)
+        if self.is_root and self.log is not None:
+            self.log(self.epoch_line(result, epochs))
         return result
+
+    def epoch_line(self, result: EpochResult, epochs: int) -> str:
+        """``epoch 2/10: loss 0.1234 acc 0.9650 | test loss ... acc ... | 3.1s, 20,000 samples/s``"""
+        names = [k for k in self.metric_fns if k in result.logs]
+        shown = " ".join(f"{'acc' if k == 'accuracy' else k} {result.logs[k]:.4f}"
+                         for k in names)
+        line = f"epoch {result.epoch}/{epochs}: loss {result.train_loss:.4f} {shown}".rstrip()
+        p = self.eval_prefix
+        if p + "loss" in result.logs:
+            ev = " ".join(f"{'acc' if k == 'accuracy' else k} {result.logs[p + k]:.4f}"
+                          for k in names if p + k in result.logs)
+            line += f" | {p.rstrip('_')} loss {result.logs[p + 'loss']:.4f} {ev}".rstrip()
+        return (f"{line} | {result.seconds:.1f}s, {result.samples_per_second:,.0f} "
+                f"samples/s")

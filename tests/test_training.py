@@ -232,8 +232,8 @@ def test_resume_after_a_crash_does_not_repeat_steps_in_the_metrics(tmp_path):
 
     def crash_after_seven(*a):
         if len(calls) == 7:
-            first._metrics_file.write('{"run": "cut-off li')  # a line half written by kill -9
-            first._metrics_file.flush()
+            with open(path, "a") as f:
+                f.write('{"run": "cut-off li')  # a line half written by kill -9
             raise KeyboardInterrupt  # stands in for kill -9: no checkpoint at step 7
         calls.append(1)
         return original_step(*a)
