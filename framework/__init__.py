@@ -10,6 +10,7 @@
 from . import checkpoint, data, errors, nn, random, testing
 from .array_ops import *  # noqa: F401,F403
 from .array_ops import __all__ as _array_ops_all
+from .clip_ops import clip_by_global_norm, clip_by_norm
 from .custom import custom_gradient
 from .devices import DeviceSpec, device
 from .device_ops import to_device
@@ -28,7 +29,8 @@ int32, int64, bool_ = "int32", "int64", "bool"
 __version__ = "0.1.0"
 
 __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
-    "Tensor", "TensorShape", "Variable", "constant", "convert_to_tensor", "as_dtype",
+    "clip_by_norm", "clip_by_global_norm", "Tensor", "TensorShape", "Variable", "constant",
+    "convert_to_tensor", "as_dtype",
     "GradientTape", "UnconnectedGradients", "custom_gradient", "stop_gradient", "PRIMITIVES",
     "device", "DeviceSpec", "to_device",
     "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "checkpoint",

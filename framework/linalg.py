@@ -12,13 +12,14 @@ from __future__ import annotations
 from . import ops
 from . import primitives_ext as PX
 from .array_ops import einsum, eye, norm, tensordot
+from .clip_ops import global_norm
 from .errors import InvalidArgumentError
 from .math_ops import l2_normalize
 from .ops import matmul
 from .tensor import Tensor, convert_to_tensor
 
 __all__ = ["matmul", "inv", "det", "norm", "eye", "matrix_transpose", "einsum", "tensordot",
-           "l2_normalize", "trace"]
+           "l2_normalize", "trace", "global_norm"]
 
 
 def _square(x, op: str) -> Tensor:

@@ -27,6 +27,7 @@ __all__ = [
     "reduce_all", "count_nonzero", "cumsum", "cumprod", "top_k", "rsqrt", "reciprocal",
     "squared_difference", "divide_no_nan", "truediv", "softplus", "log_sigmoid", "erf", "expm1",
     "ceil", "tan", "atan", "sinh", "cosh", "is_nan", "is_finite", "is_inf", "l2_normalize",
+    "add_n", "multiply_no_nan",
 ]
 
 expm1 = ops._unary(PX.expm1_p, "expm1")
@@ -74,6 +75,26 @@ def divide_no_nan(x, y) -> Tensor:
     zero = derived(np.equal, y, Tensor(array_module(y._value).zeros((), y._value.dtype)))
     safe = ops.where(zero, ops.ones_like(y), y)
     return ops.where(zero, ops.zeros_like(ops.divide(x, safe)), ops.divide(x, safe))
+
+
+def multiply_no_nan(x, y) -> Tensor:
+    """``x * y``, and 0 wherever ``y == 0`` even if ``x`` is inf or NaN."""
+    x, y = ops._pair(x, y, "multiply_no_nan")
+    zero = derived(np.equal, y, Tensor(array_module(y._value).zeros((), y._value.dtype)))
+    safe_x = ops.where(zero, ops.zeros_like(x), x)  # x is never multiplied by a zero y
+    return ops.multiply(safe_x, y)
+
+
+def add_n(inputs) -> Tensor:
+    """The elementwise sum of a list of tensors of one shape and dtype."""
+    ts = [convert_to_tensor(t) for t in inputs]
+    if not ts or len({(t.shape, t.dtype) for t in ts}) != 1:
+        raise InvalidArgumentError(f"add_n needs a non-empty list of tensors of one shape and "
+                                   f"dtype, got {[(t.shape, str(t.dtype)) for t in ts]}")
+    total = ts[0]
+    for t in ts[1:]:
+        total = ops.add(total, t)
+    return total
 
 
 def truediv(x, y) -> Tensor:

@@ -1,6 +1,7 @@
 """Gradient clipping (TensorFlow semantics).
 
-Tapeflow Tensors (or Variables) in: the clipping is built from tapeflow ops, so it is
+Tapeflow Tensors (or Variables) in: the clipping is ``tp.clip_by_norm`` /
+``tp.clip_by_global_norm`` (``tapeflow.clip_ops``), built from tapeflow ops, so it is
 differentiable and recorded by any tape that watches its input, as TensorFlow's is; the results
 are Tensors and :func:`global_norm` returns a Tensor. Raw arrays in (the optimizer's own fast
 path): arrays out, with no tape involved. ``None`` entries pass through as ``None``. The result
@@ -45,30 +46,14 @@ def _sum_sq(a: Any) -> Any:
     return xp_of(a).sum(xp_of(a).square(a, dtype=acc))
 
 
-def _check_positive(clip_norm: Any, fn: str) -> None:
-    if not float(clip_norm) > 0:
-        raise ValueError(f"{fn}: clip_norm must be > 0, got {clip_norm}")
-
-
-def _tensor_l2norm(tp: Any, t: Any, axes: Any = None) -> Any:
-    """TensorFlow's safe norm: sqrt is only taken where the sum of squares is positive, so a
-    zero tensor has a zero (not NaN) gradient."""
-    l2sum = tp.reduce_sum(tp.square(t), axis=axes, keepdims=True)
-    positive = tp.greater(l2sum, 0)
-    safe = tp.where(positive, l2sum, tp.ones_like(l2sum))
-    return tp.where(positive, tp.sqrt(safe), l2sum)
-
-
 def clip_by_norm(t: Any, clip_norm: float, axes: Any = None) -> Any:
     """``t * clip_norm / max(||t||_2, clip_norm)``: rescale ``t`` so its L2 norm (over ``axes``,
     default all) is at most ``clip_norm`` (unchanged when already smaller; zero stays zero).
     Differentiable for Tensors, through the norm too (TensorFlow's ``tf.clip_by_norm``)."""
-    _check_positive(clip_norm, "clip_by_norm")
     if _is_tensor(t):
-        tp = _tp()
-        t = tp.convert_to_tensor(t)
-        norm = _tensor_l2norm(tp, t, axes)
-        return tp.divide(tp.multiply(t, clip_norm), tp.maximum(norm, clip_norm))
+        return _tp().clip_by_norm(t, clip_norm, axes)
+    if not float(clip_norm) > 0:
+        raise ValueError(f"clip_by_norm: clip_norm must be > 0, got {clip_norm}")
     a = _unwrap(t)
     xp = xp_of(a)
     if axes is None:
@@ -97,16 +82,7 @@ def global_norm(t_list: Sequence[Any]) -> Any:
     live = [t for t in t_list if t is not None]
     if not live or not all(_is_tensor(t) for t in live):
         return tp.constant(_array_global_norm([_unwrap(getattr(t, "_value", t)) for t in live]))
-    return _tensor_global_norm(tp, live)
-
-
-def _tensor_global_norm(tp: Any, live: list) -> Any:
-    dtype = live[0].dtype
-    total = None
-    for t in live:
-        sq = tp.reduce_sum(tp.square(tp.cast(t, dtype)))
-        total = sq if total is None else tp.add(total, sq)
-    return tp.sqrt(total)
+    return tp.linalg.global_norm(live)
 
 
 def clip_by_global_norm(t_list: Sequence[Any], clip_norm: float) -> tuple[list[Any], Any]:
@@ -117,18 +93,12 @@ def clip_by_global_norm(t_list: Sequence[Any], clip_norm: float) -> tuple[list[A
     as in TensorFlow), a 0-d array for raw arrays. ``None`` entries stay ``None``. A
     non-finite global norm gives non-finite gradients, as in TensorFlow.
     """
-    _check_positive(clip_norm, "clip_by_global_norm")
     t_list = list(t_list)
     live = [t for t in t_list if t is not None]
     if live and all(_is_tensor(t) for t in live):
-        tp = _tp()
-        live = [tp.convert_to_tensor(t) for t in live]
-        norm = _tensor_global_norm(tp, live)
-        scale = tp.divide(clip_norm, tp.maximum(norm, clip_norm))
-        it = iter(live)
-        clipped = [None if t is None else tp.multiply(next(it), tp.cast(scale, t.dtype))
-                   for t in t_list]
-        return clipped, norm
+        return _tp().clip_by_global_norm(t_list, clip_norm)
+    if not float(clip_norm) > 0:
+        raise ValueError(f"clip_by_global_norm: clip_norm must be > 0, got {clip_norm}")
     norm = _array_global_norm([_unwrap(getattr(t, "_value", t)) for t in live])
     xp = xp_of(norm)
     scale = norm.dtype.type(clip_norm) / xp.maximum(norm, norm.dtype.type(clip_norm))

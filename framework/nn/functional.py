@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
+from .. import math_ops, ops
 from .._backend import array_module
 from .. import primitives as P
 from .. import primitives_ext as PX
@@ -18,10 +18,12 @@ from ..tensor import Tensor, convert_to_tensor
 
 __all__ = ["relu", "sigmoid", "softmax", "log_softmax", "sparse_softmax_cross_entropy_with_logits",
            "softmax_cross_entropy_with_logits", "sigmoid_cross_entropy_with_logits", "conv2d",
-           "max_pool2d", "avg_pool2d", "dropout", "bias_add", "embedding_lookup"]
+           "max_pool2d", "avg_pool2d", "max_pool", "avg_pool", "dropout", "bias_add",
+           "embedding_lookup", "compute_average_loss", "top_k"]
 
 relu = ops.relu
 sigmoid = ops.sigmoid
+top_k = math_ops.top_k
 
 
 def _shifted(logits: Tensor, axis: int) -> Tensor:
@@ -219,6 +221,36 @@ def avg_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:
     counts = ops.reduce_sum(_windows(ones, ksize, strides, padding, 0, "avg_pool2d"),
                             axis=(3, 4))
     return ops.divide(total, counts)
+
+
+def _four_d(pool, name: str):
+    def op(input, ksize, strides=None, padding: str = "VALID", data_format: str = "NHWC"):
+        x = convert_to_tensor(input)
+        if x.ndim != 4 or data_format != "NHWC":
+            raise ValueError(f"{name}: only 2-D pooling of NHWC input is supported, got shape "
+                             f"{x.shape} with data_format={data_format!r}")
+        return pool(x, ksize, strides, padding)
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = f"``tf.nn.{name}`` for NHWC input: :func:`{pool.__name__}`."
+    return op
+
+
+max_pool = _four_d(max_pool2d, "max_pool")
+avg_pool = _four_d(avg_pool2d, "avg_pool")
+
+
+def compute_average_loss(per_example_loss, sample_weight=None,
+                         global_batch_size: int | None = None) -> Tensor:
+    """``sum(per_example_loss * sample_weight) / global_batch_size`` (default: the number of
+    examples here), TensorFlow's helper for custom training loops."""
+    loss = convert_to_tensor(per_example_loss)
+    if sample_weight is not None:
+        loss = ops.multiply(loss, ops.cast(convert_to_tensor(sample_weight), loss.dtype))
+    n = loss.shape[0] if loss.ndim else 1
+    n = n if global_batch_size is None else int(global_batch_size)
+    if n <= 0:
+        raise ValueError(f"compute_average_loss: global_batch_size must be positive, got {n}")
+    return ops.divide(ops.reduce_sum(loss), float(n))
 
 
 def dropout(x, rate: float, noise_shape=None, seed=None) -> Tensor:

@@ -290,3 +290,28 @@ def test_conv2d_dilations():
     assert tp.nn.conv2d(x, w, padding="SAME", dilations=2).shape == (1, 5, 5, 1)
     check_grads(lambda a, b: tp.nn.conv2d(a, b, padding="SAME", dilations=(2, 1)),
                 [rand(1, 4, 4, 2), rand(2, 2, 2, 3)])
+
+
+def test_clip_functions_at_top_level_are_the_optimizers_ones():
+    x = tp.constant([3.0, 4.0])
+    np.testing.assert_allclose(tp.clip_by_norm(x, 1.0).numpy(), [0.6, 0.8], rtol=1e-6)
+    clipped, norm = tp.clip_by_global_norm([x, None], 2.5)
+    assert float(norm) == pytest.approx(5.0) and clipped[1] is None
+    assert float(tp.linalg.global_norm([x])) == pytest.approx(5.0)
+    np.testing.assert_allclose(tp.optimizers.clip_by_norm(x, 1.0).numpy(),
+                               tp.clip_by_norm(x, 1.0).numpy())
+    check_grads(lambda t: tp.clip_by_norm(t, 1.0, axes=[1]), [rand(2, 3)])
+
+
+def test_more_tf_names():
+    close(tp.math.add_n([np.ones(2), 2 * np.ones(2), 3 * np.ones(2)]), [6.0, 6.0])
+    with pytest.raises(tp.errors.InvalidArgumentError):
+        tp.math.add_n([tp.ones(2), tp.ones(3)])
+    close(tp.math.multiply_no_nan(tp.constant([np.inf, 2.0]), tp.constant([0.0, 3.0])), [0, 6])
+    check_grads(lambda a, b: tp.math.multiply_no_nan(a, b), [rand(2, 3), rand(3)])
+    x = rand(1, 4, 4, 2)
+    close(tp.nn.max_pool(x, 2, 2, "VALID"), tp.nn.max_pool2d(x, 2, 2).numpy())
+    close(tp.nn.avg_pool(x, 2, 2, "SAME"), tp.nn.avg_pool2d(x, 2, 2, "SAME").numpy())
+    assert tp.nn.top_k is tp.math.top_k
+    close(tp.nn.compute_average_loss(tp.constant([1.0, 3.0]), sample_weight=[1.0, 0.5],
+                                     global_batch_size=5), 2.5 / 5)
