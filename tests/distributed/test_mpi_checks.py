@@ -14,7 +14,8 @@ import threading
 import numpy as np
 import pytest
 
-from tapeflow.distributed import MismatchError
+import tapeflow as tp
+from tapeflow.distributed import MismatchError, broadcast_variables
 
 pytestmark = pytest.mark.mpi
 
@@ -121,7 +122,6 @@ def test_different_collectives_raise_on_every_rank(either):
 
 @pytest.mark.mpi(min_size=2)
 def test_a_tape_step_on_one_rank_and_an_allreduce_on_another(either):
-    import tapeflow as tp
     from tapeflow.distributed import DistributedGradientTape
 
     w = tp.Variable(np.ones((300, 100), np.float32))  # 120 KB: shared memory on comm
@@ -141,6 +141,51 @@ def test_a_tape_step_on_one_rank_and_an_allreduce_on_another(either):
         loss = tp.reduce_sum(w * float(either.rank + 1))
     np.testing.assert_array_equal(tape.gradient(loss, w).numpy(),
                                   either.size * (either.size + 1) / 2)
+
+
+# -- broadcast_variables checks every rank's list first -----------------------------------------
+
+
+def _broadcast_messages(comm, variables) -> list:
+    try:
+        broadcast_variables(variables, root=0, comm=comm)
+    except MismatchError as exc:
+        mine = str(exc)
+    else:
+        mine = "no error"
+    return comm.allgather_object(mine)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_broadcast_variables_with_an_extra_variable_on_one_rank(comm):
+    a = tp.Variable(np.full(3, comm.rank + 1.0, np.float32), name="a")
+    b = tp.Variable(np.full(2, comm.rank + 1.0, np.float32), name="b")
+    extra = tp.Variable(np.zeros(4, np.float32), name="extra")
+    mine = [a, b, extra] if comm.rank == comm.size - 1 else [a, b]
+    msgs = _broadcast_messages(comm, mine)
+    last = comm.size - 1
+    for m in msgs:  # the same message on every rank, naming both counts
+        assert m.startswith("broadcast_variables: rank 0 has 2 variables, "
+                            f"rank {last} has 3 (nothing was broadcast)"), msgs
+    np.testing.assert_array_equal(a.numpy(), comm.rank + 1.0)  # nothing was assigned
+    # the next broadcast of agreeing lists works
+    broadcast_variables([a, b], root=0, comm=comm)
+    np.testing.assert_array_equal(a.numpy(), 1.0)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_broadcast_variables_with_a_differently_shaped_variable_on_one_rank(comm):
+    a = tp.Variable(np.full(3, comm.rank + 1.0, np.float32), name="a")
+    b = tp.Variable(np.full(2 + (comm.rank == 1), comm.rank + 1.0, np.float32), name="b")
+    c = tp.Variable(np.full((2, 2), comm.rank + 1.0, np.float64 if comm.rank == 1
+                            else np.float32), name="c")
+    msgs = _broadcast_messages(comm, [a, b, c])
+    for m in msgs:  # the first difference (b's shape), not c's dtype
+        assert ("variable #1 differs (nothing was broadcast): rank 0 has 'b' shape (2,) "
+                "float32, rank 1 has 'b' shape (3,) float32") in m, msgs
+    assert msgs == [msgs[0]] * comm.size
+    np.testing.assert_array_equal(a.numpy(), comm.rank + 1.0)
+    np.testing.assert_array_equal(b.numpy(), comm.rank + 1.0)
 
 
 # -- threads ----------------------------------------------------------------------------------
