@@ -24,7 +24,9 @@ from .tape import PRIMITIVES, GradientTape, UnconnectedGradients, stop_gradient
 from .tensor import Tensor, TensorShape, Variable, as_dtype, constant, convert_to_tensor
 
 float16, float32, float64 = "float16", "float32", "float64"
-int32, int64, bool_ = "int32", "int64", "bool"
+int8, int16, int32, int64, uint8 = "int8", "int16", "int32", "int64", "uint8"
+# tp.bool is tf.bool; left out of __all__ so `from tapeflow import *` never shadows the builtin
+bool_ = bool = "bool"
 
 __version__ = "0.1.0"
 
@@ -35,7 +37,7 @@ __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
     "device", "DeviceSpec", "to_device",
     "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "checkpoint",
     "optimizers", "distributed", "float16",
-    "float32", "float64", "int32", "int64", "bool_", "function", "Function", "TensorSpec",
+    "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_", "function", "Function", "TensorSpec",
 })
 
 

@@ -219,6 +219,17 @@ class Tensor:
 
     __hash__ = object.__hash__
 
+    def __format__(self, spec: str) -> str:
+        """``f"{t:.3f}"`` formats a scalar's value, as TensorFlow's eager tensors do."""
+        if not spec:
+            return str(self)
+        if self._value.ndim != 0:
+            raise TypeError(f"format spec {spec!r} applies to scalar tensors only; this one has "
+                            f"shape {self.shape} (format t.numpy() instead)")
+        if _TRACE:
+            _TRACE[-1].concrete(self, "format()")
+        return format(self._value.item(), spec)
+
     def __repr__(self) -> str:
         return f"tp.Tensor({_format(self._value)}, shape={self.shape}, dtype={self.dtype})"
 

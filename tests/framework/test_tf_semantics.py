@@ -180,3 +180,13 @@ def test_invalid_argument_error_is_a_value_error_and_keeps_old_classes():
         tp.ones(3)[7]
     with pytest.raises(tp.errors.InvalidArgumentError, match="labels must lie"):
         tp.nn.sparse_softmax_cross_entropy_with_logits([3], tp.ones((1, 3)))
+
+
+def test_python_formatting_and_dtype_names():
+    assert f"{tp.constant(1.23456):.2f}" == "1.23"
+    assert f"{tp.constant([1.0])}" == str(tp.constant([1.0]))
+    with pytest.raises(TypeError, match="scalar"):
+        f"{tp.constant([1.0]):.2f}"
+    assert tp.constant(1, dtype=tp.bool).dtype == np.bool_
+    assert tp.cast(tp.constant([3.0]), tp.uint8).dtype == np.uint8
+    assert tp.zeros(2, dtype=tp.int8).dtype == np.int8 and tp.int16 == "int16"
