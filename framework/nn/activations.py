@@ -49,14 +49,15 @@ def _expm1_negative_part(x: Tensor) -> Tensor:
 def elu(features) -> Tensor:
     """``x`` for ``x > 0``, else ``exp(x) - 1``."""
     x = _float(features, "elu")
-    return ops.where(ops.greater(x, 0), x, _expm1_negative_part(x))
+    return ops.where(ops.greater_equal(x, 0), x, _expm1_negative_part(x))
 
 
 def selu(features) -> Tensor:
     """``scale * elu(x)`` with ``alpha``-scaled negative part (self-normalising constants)."""
     x = _float(features, "selu")
     neg = ops.multiply(_expm1_negative_part(x), _SELU_ALPHA)
-    return ops.multiply(ops.where(ops.greater(x, 0), x, neg), _SELU_SCALE)
+    # x >= 0 takes the linear branch: the derivative at 0 is scale (TensorFlow's SeluGrad)
+    return ops.multiply(ops.where(ops.greater_equal(x, 0), x, neg), _SELU_SCALE)
 
 
 def gelu(features, approximate: bool = False) -> Tensor:

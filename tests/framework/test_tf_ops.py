@@ -213,7 +213,9 @@ def test_activation_values():
 def test_activation_derivatives_at_kinks_follow_tf():
     x = tp.constant([0.0, 6.0, -1.0])
     for fn, expected in [(tp.nn.leaky_relu, [0.2, 1.0, 0.2]), (tp.nn.relu6, [0.0, 0.0, 0.0]),
-                         (tp.nn.elu, [1.0, 1.0, math.exp(-1)])]:
+                         (tp.nn.elu, [1.0, 1.0, math.exp(-1)]),
+                         (tp.nn.selu, [1.0507009873554805, 1.0507009873554805,
+                                       1.0507009873554805 * 1.6732632423543772 * math.exp(-1)])]:
         with tp.GradientTape() as tape:
             tape.watch(x)
             y = fn(x)
