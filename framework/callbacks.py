@@ -95,14 +95,16 @@ class History(Callback):
     """Keras's History: ``history.history["loss"]`` lists each epoch's value; ``.epoch`` the
     0-based epoch numbers. ``model.fit`` returns it."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: Iterable[str] = ()) -> None:
         self.history: dict[str, list] = {}
         self.epoch: list[int] = []
+        self.exclude = frozenset(exclude)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(value)
+            if key not in self.exclude:
+                self.history.setdefault(key, []).append(value)
 
 
 # --------------------------------------------------------------------------- progress
@@ -337,7 +339,7 @@ class EarlyStopping(Callback):
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
-            self.trainer.stop_training = True
+            self.trainer.stop_training = self.model.stop_training = True
             if self.verbose and self.is_root:
                 print(f"EarlyStopping: stopped after epoch {epoch + 1}; best {self.monitor} "
                       f"{self.best} at epoch {self.best_epoch + 1}")

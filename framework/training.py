@@ -34,7 +34,7 @@ from .tape import GradientTape
 from .tensor import Tensor
 
 __all__ = ["Trainer", "EpochResult", "Interrupted", "sync_variables", "sync_optimizer_state",
-           "sparse_accuracy", "sparse_cross_entropy"]
+           "sparse_accuracy", "sparse_cross_entropy", "evaluate_logs"]
 
 
 def sync_variables(variables, comm, root: int = 0) -> None:
@@ -106,6 +106,29 @@ def sparse_accuracy(labels, outputs) -> np.ndarray:
 def _host(x) -> np.ndarray:
     value = x._value if isinstance(x, Tensor) else x
     return value.get() if hasattr(value, "get") else np.asarray(value)
+
+
+def evaluate_logs(model: Any, x: np.ndarray, y: np.ndarray,
+                  loss_fn: Callable[[Any, Any], Any] = sparse_cross_entropy,
+                  metric_fns: dict | None = None, comm: Any = None, batch_size: int = 1000,
+                  prefix: str = "", to_device: Callable[[np.ndarray], Any] = lambda a: a
+                  ) -> dict[str, float]:
+    """Exact mean loss and metrics of ``model`` over ``(x, y)`` in inference mode: each rank
+    takes a disjoint contiguous range and the sums are added over ranks (``comm``). Keys:
+    ``loss`` and the metric names, after ``prefix``."""
+    comm = comm or _NoComm()
+    metric_fns = {"accuracy": sparse_accuracy} if metric_fns is None else metric_fns
+    part = tp_data.shard_range(len(x), comm.rank, comm.size)
+    sums = np.zeros(len(metric_fns) + 1)
+    for start in range(part.start, part.stop, batch_size):
+        stop = min(start + batch_size, part.stop)
+        outputs = model(Tensor(to_device(x[start:stop])), training=False)
+        yt = Tensor(to_device(y[start:stop]))
+        sums += [float(np.sum(_host(loss_fn(yt, outputs)))),
+                 *(float(np.sum(fn(yt, outputs))) for fn in metric_fns.values())]
+    totals = comm.allreduce(sums, op="sum")
+    names = ["loss", *metric_fns]
+    return {prefix + k: float(v) / max(len(x), 1) for k, v in zip(names, totals)}
 
 
 @dataclass
@@ -211,20 +234,9 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
     def evaluate_logs(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000,
                       prefix: str = "") -> dict[str, float]:
-        """Exact mean loss and metrics over ``(x, y)``: each rank takes a disjoint contiguous
-        range and the sums are added over ranks. Keys ``loss`` and the metric names, after
-        ``prefix``."""
-        part = tp_data.shard_range(len(x), self.comm.rank, self.comm.size)
-        sums = np.zeros(len(self.metric_fns) + 1)
-        for start in range(part.start, part.stop, batch_size):
-            stop = min(start + batch_size, part.stop)
-            outputs = self.model(Tensor(self.to_device(x[start:stop])), training=False)
-            yt = Tensor(self.to_device(y[start:stop]))
-            sums += [float(np.sum(_host(self.loss_fn(yt, outputs)))),
-                     *(float(np.sum(fn(yt, outputs))) for fn in self.metric_fns.values())]
-        totals = self.comm.allreduce(sums, op="sum")
-        names = ["loss", *self.metric_fns]
-        return {prefix + k: float(v) / max(len(x), 1) for k, v in zip(names, totals)}
+        """Exact mean loss and metrics over ``(x, y)`` (see :func:`evaluate_logs`)."""
+        return evaluate_logs(self.model, x, y, self.loss_fn, self.metric_fns, self.comm,
+                             batch_size=batch_size, prefix=prefix, to_device=self.to_device)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
         """``(loss, accuracy)`` over ``(x, y)`` (see :meth:`evaluate_logs`)."""
@@ -383,6 +395,10 @@ class Trainer:
                         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         callbacks = self._callback_list(epochs)
         self.stop_training = False
+        try:  # Keras callbacks stop training through the model
+            self.model.stop_training = False
+        except AttributeError:
+            pass
         try:
             self._take_directory()
             if self.run_id is None:
@@ -390,7 +406,8 @@ class Trainer:
                     uuid.uuid4().hex[:12] if self.is_root else None, root=0)
             callbacks.on_train_begin({})
             results: list[EpochResult] = []
-            while self.epoch < epochs and not self.stop_training:
+            while self.epoch < epochs and not (
+                    self.stop_training or getattr(self.model, "stop_training", False)):
                 results.append(self._run_epoch(epochs, callbacks))
             callbacks.on_train_end(results[-1].logs if results else {})
             return results

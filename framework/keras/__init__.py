@@ -17,11 +17,13 @@ on first use.
 [(3, 4), (4,), (4, 2), (2,)]
 """
 from .. import nn
-from . import activations, datasets, initializers, layers, losses, metrics, optimizers
+from . import activations, datasets, initializers, layers, losses, metrics, optimizers, utils
 
 Sequential = nn.Sequential
 Model = getattr(nn, "Model", nn.Module)
 Input = nn.Input
 
+from . import callbacks, models  # noqa: E402  (models re-exports Sequential and Model)
+
 __all__ = ["Sequential", "Model", "Input", "layers", "losses", "metrics", "initializers",
-           "optimizers", "activations", "datasets"]
+           "optimizers", "activations", "datasets", "callbacks", "models"]

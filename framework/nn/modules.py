@@ -24,6 +24,7 @@ paths is listed once, under the first.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Iterable, Iterator
 
@@ -31,7 +32,52 @@ import numpy as np
 
 from ..tensor import Tensor, Variable
 
-__all__ = ["Module", "Sequential"]
+__all__ = ["Module", "Sequential", "module_class"]
+
+# Every Module subclass by class name: what load_model rebuilds a saved architecture from.
+_CLASSES: dict[str, type] = {}
+
+
+class _InitArgs:
+    """The arguments a module was constructed with (for ``get_config``). Not a dict or list,
+    so the variable walk does not look inside it."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, args: dict[str, Any]):
+        self.args = args
+
+
+def _recording(init):
+    """Wrap a subclass's ``__init__`` to keep the outermost call's arguments."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        if "_init_args" not in self.__dict__:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError:
+                pass  # the real call raises the usual error
+            else:
+                named = dict(list(bound.arguments.items())[1:])
+                for name, param in signature.parameters.items():
+                    if param.kind is inspect.Parameter.VAR_KEYWORD and name in named:
+                        named.update(named.pop(name))
+                self.__dict__["_init_args"] = _InitArgs(named)
+        init(self, *args, **kwargs)
+
+    wrapped._records_args = True
+    return wrapped
+
+
+def module_class(name: str) -> type:
+    """The Module subclass named ``name`` (for rebuilding a saved model)."""
+    try:
+        return _CLASSES[name]
+    except KeyError:
+        raise ValueError(f"no tapeflow module class named {name!r}; pass "
+                         f"custom_objects={{{name!r}: YourClass}} to load_model") from None
 
 
 class Module:
@@ -45,6 +91,10 @@ class Module:
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
+        _CLASSES[cls.__name__] = cls
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_records_args", False):
+            cls.__init__ = _recording(init)
         params = inspect.signature(cls.call).parameters
         cls._call_takes_training = "training" in params or any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -166,6 +216,43 @@ class Module:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {getattr(self, 'name', '')!r}: " \
                f"{len(self.variables)} variables>"
+
+    # -- Keras's model API ----------------------------------------------------------------
+    # compile/fit/evaluate/predict/save are Keras's methods on the model, but they need the
+    # training loop, the optimizers and the communicator, which sit above this layer: they are
+    # implemented in tapeflow.keras.engine (the Keras facade, the top layer), imported here on
+    # first use. This is the one place where tp.nn reaches up.
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments, as JSON data (nested modules as configs)."""
+        return _engine().module_config(self)
+
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: Any = None,
+                **kwargs: Any) -> None:
+        """Keras's ``compile``: see :func:`tapeflow.keras.engine.compile`."""
+        _engine().compile(self, optimizer, loss, metrics, **kwargs)
+
+    def fit(self, x: Any = None, y: Any = None, **kwargs: Any):
+        """Keras's ``fit``, returning a ``History``: see :func:`tapeflow.keras.engine.fit`."""
+        return _engine().fit(self, x, y, **kwargs)
+
+    def evaluate(self, x: Any = None, y: Any = None, **kwargs: Any):
+        """Keras's ``evaluate``: see :func:`tapeflow.keras.engine.evaluate`."""
+        return _engine().evaluate(self, x, y, **kwargs)
+
+    def predict(self, x: Any, **kwargs: Any) -> np.ndarray:
+        """Keras's ``predict``: see :func:`tapeflow.keras.engine.predict`."""
+        return _engine().predict(self, x, **kwargs)
+
+    def save(self, filepath: Any, **kwargs: Any) -> None:
+        """Architecture, weights and optimizer state in one safetensors file (the JSON config
+        in its header; no pickle). ``tp.keras.models.load_model(filepath)`` reads it back."""
+        _engine().save_model(self, filepath, **kwargs)
+
+
+def _engine():
+    from ..keras import engine
+
+    return engine
 
 
 class Sequential(Module):
