@@ -231,3 +231,15 @@ def test_import_tapeflow_does_not_load_the_keras_facade():
             "assert 'tapeflow.optimizers' not in sys.modules; tp.keras.layers.Dense; "
             "assert 'tapeflow.optimizers' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_utils_to_categorical_and_seed():
+    out = keras.utils.to_categorical([[2], [0]], num_classes=3)
+    assert out.dtype == np.float32 and out.tolist() == [[0, 0, 1], [1, 0, 0]]
+    assert keras.utils.to_categorical(np.array([1, 3])).shape == (2, 4)
+    with pytest.raises(ValueError, match="lie in"):
+        keras.utils.to_categorical([5], num_classes=3)
+    keras.utils.set_random_seed(7)
+    a = tp.random.uniform((3,)).numpy()
+    keras.utils.set_random_seed(7)
+    np.testing.assert_array_equal(a, tp.random.uniform((3,)).numpy())
