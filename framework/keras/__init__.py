@@ -26,4 +26,4 @@ Input = nn.Input
 from . import callbacks, models  # noqa: E402  (models re-exports Sequential and Model)
 
 __all__ = ["Sequential", "Model", "Input", "layers", "losses", "metrics", "initializers",
-           "optimizers", "activations", "datasets", "callbacks", "models"]
+           "optimizers", "activations", "datasets", "callbacks", "models", "utils"]
