@@ -1,0 +1,253 @@
+"""Keras's model API on tapeflow models: compile/fit/evaluate/predict, save/load_model, and the
+callbacks, all running the one training loop (tapeflow.training.Trainer)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import tapeflow as tp
+from tapeflow import checkpoint as ckpt
+from tapeflow.training import Trainer
+
+keras = tp.keras
+
+
+def _blobs(n: int = 240, seed: int = 0):
+    """Three Gaussian blobs in 4-D: learnable to ~100 % in a few epochs."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    centers = np.array([[3, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0]], np.float32)
+    return (centers[y] + rng.normal(0, 0.7, (n, 4))).astype(np.float32), y.astype(np.int64)
+
+
+def _model(seed: int = 0):
+    return tp.nn.Sequential([tp.nn.Dense(16, activation="relu", input_dim=4, seed=seed),
+                             tp.nn.Dense(3, input_dim=16, seed=seed + 1)])
+
+
+def _compiled(seed: int = 0, optimizer=None):
+    model = _model(seed)
+    model.compile(optimizer=optimizer or tp.optimizers.SGD(learning_rate=0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+X, Y = _blobs()
+XV, YV = _blobs(90, seed=1)
+
+
+def test_fit_returns_keras_history_and_learns():
+    model = _compiled()
+    history = model.fit(X, Y, batch_size=32, epochs=4, validation_data=(XV, YV), verbose=0)
+    assert isinstance(history, keras.callbacks.History)
+    assert sorted(history.history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert history.epoch == [0, 1, 2, 3]
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.history["val_accuracy"][-1] > 0.9
+    assert history.params["steps"] == 8  # ceil(240 / 32)
+
+
+def test_fit_is_the_shared_training_loop():
+    """fit == Trainer with the same loss, seed and batch: identical weights."""
+    a, b = _compiled(), _model()
+    a.fit(X, Y, batch_size=32, epochs=2, verbose=0, seed=7)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    Trainer(b, tp.optimizers.SGD(learning_rate=0.1), X, Y, batch_size=32, seed=7,
+            loss_fn=loss.call, progress=False, log=None).fit(2)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_validation_split_takes_the_last_samples_and_a_dataset_works():
+    model = _compiled()
+    history = model.fit(X, Y, batch_size=40, epochs=1, validation_split=0.25, verbose=0)
+    manual = model.evaluate(X[180:], Y[180:], return_dict=True, verbose=0)
+    assert history.history["val_loss"][-1] == pytest.approx(manual["loss"])
+    batches = [(X[i:i + 60], Y[i:i + 60]) for i in range(0, 240, 60)]
+    assert len(_compiled().fit(batches, epochs=2, verbose=0).history["loss"]) == 2
+
+
+def test_evaluate_and_predict_agree_with_a_direct_computation():
+    model = _compiled()
+    model.fit(X, Y, epochs=2, verbose=0)
+    logits = model(tp.constant(XV)).numpy()
+    np.testing.assert_allclose(model.predict(XV, batch_size=7), logits, rtol=1e-6, atol=1e-6)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss, acc = model.evaluate(XV, YV, verbose=0)
+    assert loss == pytest.approx(-log_p[np.arange(len(YV)), YV].mean(), rel=1e-5)
+    assert acc == pytest.approx(np.mean(logits.argmax(1) == YV))
+    assert model.evaluate(XV, YV, return_dict=True, verbose=0) == {"loss": loss,
+                                                                   "accuracy": acc}
+
+
+def test_compile_and_data_mistakes_are_clear():
+    model = _model()
+    with pytest.raises(RuntimeError, match=r"must call compile\(\) before fit\(\)"):
+        model.fit(X, Y)
+    with pytest.raises(ValueError, match="needs a loss"):
+        model.compile(optimizer="adam")
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="x has 240 samples but y has 10"):
+        model.fit(X, Y[:10])
+    with pytest.raises(ValueError, match=r"validation_split must be in \[0, 1\)"):
+        model.fit(X, Y, validation_split=1.5)
+
+
+def test_save_and_load_model_continue_exactly(tmp_path):
+    model = _compiled(optimizer=tp.optimizers.Adam(learning_rate=0.01))
+    model.fit(X, Y, epochs=1, verbose=0, seed=1)
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp left
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config() == model.get_config()
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    one = model.fit(X, Y, epochs=1, verbose=0, seed=2).history
+    two = loaded.fit(X, Y, epochs=1, verbose=0, seed=2).history  # optimizer state restored
+    assert one == two
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a tapeflow model file"):
+        keras.models.load_model(bad)
+
+
+def test_a_lazily_built_model_saves_after_fit(tmp_path):
+    model = tp.keras.Sequential([tp.keras.layers.Dense(8, activation="relu"),
+                                 tp.keras.layers.Dense(3)])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(X, Y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.safetensors")
+    loaded = keras.models.load_model(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(loaded.predict(XV), model.predict(XV))
+
+
+# --------------------------------------------------------------------------- callbacks
+class _Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        self.calls, self.lrs = [], []
+
+    def on_train_begin(self, logs=None):
+        self.calls.append("train_begin")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.calls.append(f"epoch_begin {epoch}")
+        self.lrs.append(self.trainer.optimizer.current_learning_rate)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append("batch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append(f"epoch_end {epoch} {sorted(logs)}")
+
+    def on_train_end(self, logs=None):
+        self.calls.append("train_end")
+
+
+def test_hooks_run_in_keras_order_and_the_scheduler_sets_the_rate():
+    rec = _Recorder()
+    sched = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
+    _compiled().fit(X, Y, batch_size=120, epochs=2, verbose=0, callbacks=[sched, rec])
+    assert rec.calls == ["train_begin", "epoch_begin 0", "batch", "batch",
+                         "epoch_end 0 ['accuracy', 'epoch_seconds', 'learning_rate', 'loss', "
+                         "'samples_per_second']", "epoch_begin 1", "batch", "batch",
+                         "epoch_end 1 ['accuracy', 'epoch_seconds', 'learning_rate', 'loss', "
+                         "'samples_per_second']", "train_end"]
+    assert rec.lrs == pytest.approx([0.1, 0.05])
+
+
+def test_early_stopping_stops_and_restores_the_best_weights():
+    model = _compiled()
+    best = {}
+
+    class Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            best[epoch] = model.get_weights()
+
+    stop = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=2,
+                                         restore_best_weights=True)
+    history = model.fit(X, Y, epochs=20, verbose=0, callbacks=[Keep(), stop])
+    assert len(history.epoch) == 3 and stop.stopped_epoch == 2  # loss falls: never "better"
+    for a, b in zip(model.get_weights(), best[0]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(KeyError, match="'val_loss' is not in the logs"):
+        _compiled().fit(X, Y, epochs=1, verbose=0,
+                        callbacks=[keras.callbacks.EarlyStopping()])
+
+
+def test_model_checkpoint_saves_atomically_with_the_checkpoint_module(tmp_path):
+    best = keras.callbacks.ModelCheckpoint(tmp_path / "best", monitor="val_accuracy",
+                                           save_best_only=True, keep=None)
+    every = keras.callbacks.ModelCheckpoint(tmp_path / "steps", save_freq=4, keep=2)
+    model = _compiled()
+    history = model.fit(X, Y, batch_size=32, epochs=3, validation_data=(XV, YV), verbose=0,
+                        callbacks=[best, every])
+    acc = history.history["val_accuracy"]
+    improved = [i for i in range(3) if acc[i] > max(acc[:i], default=-1)]
+    assert len(best.saved) == len(improved)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "steps")] == \
+        ["ckpt-000000020", "ckpt-000000024"]
+    newest = ckpt.load(ckpt.latest(tmp_path / "steps"))
+    for (name, var) in model.named_variables():
+        np.testing.assert_array_equal(newest.tensors[f"model/{name}"], var.numpy())
+    assert not [p for p in (tmp_path / "steps").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_csv_and_jsonl_loggers_write_one_row_per_epoch(tmp_path):
+    model = _compiled()
+    model.fit(X, Y, batch_size=60, epochs=2, verbose=0, validation_data=(XV, YV),
+              callbacks=[keras.callbacks.CSVLogger(tmp_path / "log.csv"),
+                         keras.callbacks.JSONLLogger(tmp_path / "log.jsonl")])
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
+    records = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert records[0]["event"] == "start" and [r["epoch"] for r in records[1:]] == [1, 2]
+    assert float(rows[1]["val_loss"]) == pytest.approx(records[2]["val_loss"])
+
+
+def test_verbose_1_draws_a_bar_and_prints_epoch_lines(capsys):
+    _compiled().fit(X, Y, epochs=2, verbose=1, validation_data=(XV, YV))
+    captured = capsys.readouterr()
+    assert captured.out.count("epoch ") == 2 and "val loss" in captured.out
+    assert "epoch 1/2" in captured.err  # tqdm's bar on stderr
+    _compiled().fit(X, Y, epochs=1, verbose=0)
+    assert capsys.readouterr() == ("", "")
+
+
+class _Stub:
+    """What the Horovod-style callbacks read from the loop, with a pretend world size."""
+
+    def __init__(self, size: int):
+        self.comm = type("C", (), {"size": size, "rank": 0,
+                                   "allreduce": lambda self, x, op: x * 0 + 5.0})()
+        self.optimizer = tp.optimizers.SGD(learning_rate=1.0)
+        self.model, self.epoch, self.steps_per_epoch = _model(), 0, 10
+
+
+def test_warmup_rises_from_lr_over_size_to_lr_like_horovod():
+    t = _Stub(size=4)
+    cb = keras.callbacks.LearningRateWarmupCallback(initial_lr=0.4, warmup_epochs=2)
+    cb.set_trainer(t, {})
+    seen = []
+    for epoch in range(3):
+        t.epoch = epoch
+        for batch in (0, 5):
+            cb.on_train_batch_begin(batch)
+            seen.append(t.optimizer.learning_rate)
+        cb.on_epoch_end(epoch)
+    # lr = 0.4 / 4 * (e * 3 / 2 + 1) at e = 0, 0.5, 1, 1.5; then 0.4 held
+    assert seen == pytest.approx([0.1, 0.175, 0.25, 0.325, 0.4, 0.4])
+
+
+def test_metric_average_averages_numeric_logs_over_ranks():
+    cb = keras.callbacks.MetricAverageCallback()
+    cb.set_trainer(_Stub(size=2), {})
+    logs = {"loss": 1.0, "accuracy": 0.5, "note": "x"}
+    cb.on_epoch_end(0, logs)
+    assert logs == {"loss": 5.0, "accuracy": 5.0, "note": "x"}  # the stub's "average"
