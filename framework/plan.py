@@ -29,6 +29,7 @@ import numpy as np
 
 from . import nest
 from . import primitives as P
+from . import primitives_ext as PX
 from .tensor import Tensor
 
 __all__ = ["Plan", "compile_plan"]
@@ -49,6 +50,7 @@ _VIEWS = {"reshape", "transpose", "broadcast_to", "getitem"}
 OUT_KERNELS: dict[Callable, Callable] = {
     operator.ge: np.greater_equal, operator.gt: np.greater, operator.le: np.less_equal,
     operator.lt: np.less, P._positive: lambda a, out: np.greater(a, 0, out=out),
+    PX._first_max_mask: PX._first_max_mask,
 }
 
 

@@ -286,17 +286,30 @@ def _(g, ans, xs, shapes, needs):
 
 
 # ---------------------------------------------------------------- window maxima (pooling)
-def _first_max_mask(x, ans, axis: tuple):
-    """1 at the first maximum (row-major over ``axis``) of each window, 0 elsewhere."""
+def _first_max_mask(x, ans, axis: tuple, out=None):
+    """1 at the first maximum (row-major over ``axis``) of each window, 0 elsewhere.
+
+    One comparison per window position, on strided views (no transposed copies); ``out``
+    (x's shape and dtype) receives the mask if given (a tp.function plan's buffer).
+    """
     xp = array_module(x)
-    rest = tuple(i for i in range(x.ndim) if i not in axis)
-    moved = xp.transpose(x, rest + axis)
-    lead = moved.shape[:len(rest)]
-    flat = moved.reshape(lead + (-1,))
-    first = flat.argmax(axis=-1)
-    hot = xp.arange(flat.shape[-1]) == first[..., None]
-    hot = hot.reshape(moved.shape)
-    return xp.transpose(hot, tuple(np.argsort(rest + axis).tolist())).astype(x.dtype)
+    m = ans.reshape(tuple(1 if i in axis else d for i, d in enumerate(x.shape)))
+    if out is None:
+        out = xp.empty(x.shape, dtype=x.dtype)
+    taken = None
+    for pos in np.ndindex(*[x.shape[a] for a in axis]):
+        index = [slice(None)] * x.ndim
+        for a, p in zip(axis, pos):
+            index[a] = slice(p, p + 1)
+        index = tuple(index)
+        hit = x[index] == m
+        if taken is None:
+            taken = hit
+        else:
+            hit &= ~taken
+            taken |= hit
+        out[index] = hit
+    return out
 
 
 @primitive("window_max", save_args=True, save_ans=True)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tapeflow as tp
+from tapeflow import conv as CV
 from tapeflow import primitives as P
 from tapeflow import primitives_ext as PX
 from tapeflow.testing import check_grads
@@ -92,6 +93,18 @@ TABLE = {
     "patches_transpose": [(lambda g: P.patches_transpose_p(g, shape=(1, 4, 5, 2), ksize=(2, 2),
                                                            strides=(2, 1)),
                            [rand(1, 2, 4, 2, 2, 2)])],
+    "conv2d": [(lambda x, w: CV.conv2d_p(x, w, strides=(1, 2), dilations=(1, 1)),
+                [rand(2, 4, 5, 2), rand(2, 2, 2, 3)]),
+               (lambda x, w: CV.conv2d_p(x, w, strides=(1, 1), dilations=(2, 1)),
+                [rand(1, 5, 4, 2), rand(2, 2, 2, 2)])],
+    "conv2d_backprop_input": [
+        (lambda g, w: CV.conv2d_backprop_input_p(g, w, shape=(2, 4, 5, 2), strides=(1, 2),
+                                                 dilations=(1, 1)),
+         [rand(2, 3, 2, 3), rand(2, 2, 2, 3)])],
+    "conv2d_backprop_filter": [
+        (lambda x, g: CV.conv2d_backprop_filter_p(x, g, ksize=(2, 2), strides=(1, 2),
+                                                  dilations=(1, 1)),
+         [rand(2, 4, 5, 2), rand(2, 3, 2, 3)])],
     "sparse_softmax_cross_entropy": [
         (lambda z, y: tp.nn.sparse_softmax_cross_entropy_with_logits(y, z),
          [rand(4, 5) * 3, np.array([0, 4, 2, 2])])],

@@ -12,6 +12,7 @@ from .. import math_ops, ops
 from .._backend import array_module
 from .. import primitives as P
 from .. import primitives_ext as PX
+from ..conv import conv2d_p
 from ..errors import InvalidArgumentError
 from ..recording import derived
 from ..tensor import Tensor, convert_to_tensor
@@ -149,6 +150,14 @@ def _same_padding(x: Tensor, ksize, strides, fill) -> Tensor:
 
 def _windows(x: Tensor, ksize, strides, padding: str, fill, op: str,
              dilations=(1, 1)) -> Tensor:
+    x = _padded(x, ksize, strides, padding, fill, op, dilations)
+    if tuple(dilations) == (1, 1):
+        return P.extract_patches_p(x, ksize=ksize, strides=strides)
+    return P.extract_patches_p(x, ksize=ksize, strides=strides, dilations=tuple(dilations))
+
+
+def _padded(x: Tensor, ksize, strides, padding: str, fill, op: str, dilations) -> Tensor:
+    """``x`` checked and, for ``"SAME"``, padded so that VALID windows cover it."""
     if x.ndim != 4:
         raise ValueError(f"{op} expects NHWC input of rank 4, got shape {x.shape}")
     padding = padding.upper()
@@ -159,9 +168,7 @@ def _windows(x: Tensor, ksize, strides, padding: str, fill, op: str,
         x = _same_padding(x, span, strides, fill)
     if x.shape[1] < span[0] or x.shape[2] < span[1]:
         raise ValueError(f"{op}: window {span} is larger than the input {x.shape[1:3]}")
-    if tuple(dilations) == (1, 1):
-        return P.extract_patches_p(x, ksize=ksize, strides=strides)
-    return P.extract_patches_p(x, ksize=ksize, strides=strides, dilations=tuple(dilations))
+    return x
 
 
 def conv2d(input, filters, strides=1, padding: str = "VALID", data_format: str = "NHWC",
@@ -169,8 +176,8 @@ def conv2d(input, filters, strides=1, padding: str = "VALID", data_format: str =
     """2-D convolution (cross-correlation, like TensorFlow) in NHWC.
 
     ``filters`` has shape (kh, kw, in_channels, out_channels); ``dilations`` spreads the
-    filter's taps ``d - 1`` pixels apart (atrous convolution). Written as window extraction
-    followed by one matmul (im2col), so its gradient needs no rule of its own.
+    filter's taps ``d - 1`` pixels apart (atrous convolution). Forward: window extraction and
+    one matmul (im2col); gradients: one GEMM per filter tap (see ``tapeflow.conv``).
     """
     if data_format != "NHWC":
         raise ValueError(f"conv2d: only data_format='NHWC' is supported, got {data_format!r}")
@@ -181,13 +188,12 @@ def conv2d(input, filters, strides=1, padding: str = "VALID", data_format: str =
     if x.ndim == 4 and x.shape[-1] != w.shape[2]:
         raise ValueError(f"conv2d: input has {x.shape[-1]} channels (shape {x.shape}) but "
                          f"filters expect {w.shape[2]} (shape {w.shape})")
-    kh, kw, cin, cout = w.shape
-    patches = _windows(x, (kh, kw), _pair(strides, "strides"), padding, 0, "conv2d",
-                       _pair(dilations, "dilations"))
-    n, oh, ow = patches.shape[:3]
-    cols = ops.reshape(patches, (n * oh * ow, kh * kw * cin))
-    out = ops.matmul(cols, ops.reshape(w, (kh * kw * cin, cout)))
-    return ops.reshape(out, (n, oh, ow, cout))
+    if x.dtype != w.dtype:
+        raise TypeError(f"conv2d: input is {x.dtype} but filters are {w.dtype}")
+    strides, dilations = _pair(strides, "strides"), _pair(dilations, "dilations")
+    x = _padded(x, w.shape[:2], strides, padding, 0, "conv2d", dilations)
+    # One primitive whose rules are GEMM-shaped (framework/conv.py): no patch-sized gradient.
+    return conv2d_p(x, w, strides=strides, dilations=dilations)
 
 
 def max_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:
