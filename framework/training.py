@@ -29,6 +29,7 @@ from . import checkpoint as ckpt
 from . import data as tp_data
 from . import ops
 from . import random as tp_random
+from . import timeline
 from .nn import functional as F
 from .tape import GradientTape
 from .tensor import Tensor
@@ -218,16 +219,18 @@ class Trainer:
     def train_step(self, x, y, global_count: int) -> np.ndarray:
         """One optimizer step on this rank's shard; returns its sums: loss, each metric."""
         xt, yt = Tensor(self.to_device(x)), Tensor(self.to_device(y))
-        with self.gradient_tape() as tape:
+        with timeline.span("forward"), self.gradient_tape() as tape:
             outputs = self.model(xt, training=True)
             loss = ops.multiply(ops.reduce_sum(self.loss_fn(yt, outputs)), 1.0 / global_count)
-        grads = tape.gradient(loss, self.variables)
+        with timeline.span("gradient (backward + reduction)"):
+            grads = tape.gradient(loss, self.variables)
         if getattr(tape, "skipped", False):
             # A non-finite gradient on some rank: every rank skips this update together (the
             # distributed tape has reported which ranks and tensors).
             self.skipped_steps += 1
         else:
-            self.optimizer.apply_gradients(zip(grads, self.variables))
+            with timeline.span("optimizer"):
+                self.optimizer.apply_gradients(zip(grads, self.variables))
         return np.array([float(_host(loss)) * global_count,
                          *(float(np.sum(fn(yt, outputs))) for fn in self.metric_fns.values())])
 
@@ -248,6 +251,10 @@ class Trainer:
                         keep: int | None = None) -> Path | None:
         """Rank 0 writes the checkpoint (atomically) into ``directory`` (default
         ``checkpoint_dir``). Collective: every rank must call it."""
+        with timeline.span("checkpoint"):
+            return self._save_checkpoint(directory, keep)
+
+    def _save_checkpoint(self, directory: str | Path | None, keep: int | None) -> Path | None:
         directory = directory or self.checkpoint_dir
         if not directory:
             return None
@@ -432,8 +439,10 @@ class Trainer:
         for b in range(self.position, len(order)):
             callbacks.on_train_batch_begin(b, {})
             global_idx = order[b]
-            mine = tp_data.shard_indices(global_idx, self.comm.rank, self.comm.size)
-            step_sums = self.train_step(self.x_train[mine], self.y_train[mine], len(global_idx))
+            with timeline.span("data", step=self.step + 1):
+                mine = tp_data.shard_indices(global_idx, self.comm.rank, self.comm.size)
+                xb, yb = self.x_train[mine], self.y_train[mine]
+            step_sums = self.train_step(xb, yb, len(global_idx))
             sums += [*step_sums, len(mine)]
             self._epoch_sums = [float(v) for v in sums]
             window_samples += len(global_idx)
