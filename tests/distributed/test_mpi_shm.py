@@ -258,8 +258,8 @@ def test_a_late_rank_is_reported_by_the_ranks_waiting_for_it(engine, comm, capfd
     if comm.rank != comm.size - 1:
         assert "shared-memory all-reduce" in err and "allreduce" in err
         assert f"not arrived: rank {comm.size - 1}" in err
-    else:
-        assert "not arrived" not in err
+    else:  # the late rank never waits for itself (under load it may wait for the others)
+        assert f"not arrived: rank {comm.size - 1} " not in err
 
 
 # -- the distributed tape ---------------------------------------------------------------------
