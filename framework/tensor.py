@@ -79,6 +79,9 @@ def _host_to_array(value: Any, dtype=None):
     if arr.dtype == np.float64:
         return arr.astype(np.float32)
     if arr.dtype == np.int64:
+        # int32 like TensorFlow, unless a value does not fit (then int64, as TF infers too)
+        if arr.size and (arr.min() < -2**31 or arr.max() >= 2**31):
+            return arr
         return arr.astype(np.int32)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"cannot convert {type(value).__name__} {value!r:.80} to a tensor "

@@ -190,3 +190,9 @@ def test_python_formatting_and_dtype_names():
     assert tp.constant(1, dtype=tp.bool).dtype == np.bool_
     assert tp.cast(tp.constant([3.0]), tp.uint8).dtype == np.uint8
     assert tp.zeros(2, dtype=tp.int8).dtype == np.int8 and tp.int16 == "int16"
+
+
+def test_large_python_ints_become_int64_not_a_wrapped_int32():
+    assert tp.constant(2 ** 40).dtype == np.int64 and int(tp.constant(2 ** 40)) == 2 ** 40
+    assert tp.constant([1, -(2 ** 33)]).numpy().tolist() == [1, -(2 ** 33)]
+    assert tp.constant([1, 2]).dtype == np.int32
