@@ -69,6 +69,21 @@ def test_distributed_loop_example_on_two_ranks(tmp_path, mnist_env, mpiexec):
     assert _accuracies(done.stdout)[-1] > 0.96, done.stdout
 
 
+def test_fit_example_runs_unchanged_on_two_ranks(tmp_path, mnist_env, mpiexec):
+    from tapeflow.distributed.launcher import cpu_count
+
+    script = tmp_path / "fit.py"
+    script.write_text(_example("fit.py"))
+    env = {k: v for k, v in mnist_env.items() if not k.startswith(("PMI_", "HYDRA_"))}
+    cmd = [mpiexec, "-n", "2", *(["-bind-to", "none"] if cpu_count() < 2 else []),
+           sys.executable, str(script)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [x for x in done.stdout.splitlines() if x.startswith("epoch ")]
+    assert [x.split(":")[0] for x in lines] == ["epoch 1/1"], done.stdout  # rank 0 prints
+    assert float(lines[-1].split("val loss ")[1].split(" acc ")[1].split()[0]) > 0.94
+
+
 def test_the_namespaces_the_readme_promises():
     code = ("import sys, tapeflow as tp\n"
             "assert 'tapeflow.optimizers' not in sys.modules  # imported on first use only\n"
