@@ -36,8 +36,8 @@ __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
     "GradientTape", "UnconnectedGradients", "custom_gradient", "stop_gradient", "PRIMITIVES",
     "device", "DeviceSpec", "to_device",
     "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "checkpoint",
-    "optimizers", "distributed", "float16",
-    "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_", "function", "Function", "TensorSpec",
+    "optimizers", "distributed", "function", "Function", "TensorSpec", "float16", "float32",
+    "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
 })
 
 
