@@ -286,6 +286,11 @@ def test_grouped_allreduce_many_buffers(either):
         np.testing.assert_allclose(o, (either.size - 1) / 2 + i)
     np.testing.assert_allclose(out[4], (either.size - 1) / 2)
     np.testing.assert_array_equal(xs[0], either.rank)  # inputs untouched
+    kept = [o.copy() for o in out]
+    again = either.grouped_allreduce([x * 2 for x in xs], "sum")  # same sizes: buffers reused
+    for o, k in zip(out, kept):  # ... but never the ones still held
+        np.testing.assert_array_equal(o, k)
+    np.testing.assert_allclose(again[1], 2 * sum(r + 1 for r in range(either.size)))
 
 
 @pytest.mark.mpi
