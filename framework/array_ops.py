@@ -104,7 +104,9 @@ def repeat(input, repeats, axis=None) -> Tensor:
     if axis is None:
         x, axis = ops.reshape(x, (-1,)), 0
     ax = _axis(axis, x, "repeat")
-    counts = np.asarray(_to_array(repeats)).astype(np.int64).reshape(-1)
+    # (the counts decide the shape: host values, read explicitly if given as a tensor)
+    counts = np.asarray(repeats.numpy() if isinstance(repeats, Tensor) else repeats
+                        ).astype(np.int64).reshape(-1)
     n = x.shape[ax]
     if counts.size == 1:
         counts = np.repeat(counts, n)

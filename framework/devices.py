@@ -130,20 +130,28 @@ class device:
     the array library. A GPU scope without a GPU fails at once, naming what is missing.
     """
 
-    __slots__ = ("spec", "_prev")
+    __slots__ = ("spec", "_prev", "_gpu")
 
     def __init__(self, name):
         self.spec = None if name is None else parse(name)
+        self._gpu = None
         if self.spec is not None and self.spec.device_type == "GPU":
             gpu_module()  # no GPU: a clear error here rather than at the first tensor
 
     def __enter__(self) -> "device":
         self._prev = getattr(_LOCAL, "spec", None)
         _LOCAL.spec = self.spec
+        if self.spec is not None and self.spec.device_type == "GPU":
+            # kernels launch on the current CUDA device: make it this scope's GPU
+            self._gpu = gpu_module().cuda.Device(self.spec.index)
+            self._gpu.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         _LOCAL.spec = self._prev
+        if self._gpu is not None:
+            gpu, self._gpu = self._gpu, None
+            gpu.__exit__(*exc)
 
     def __repr__(self) -> str:
         return f"tp.device({None if self.spec is None else self.spec.to_string()!r})"

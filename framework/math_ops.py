@@ -72,7 +72,8 @@ def squared_difference(x, y) -> Tensor:
 def divide_no_nan(x, y) -> Tensor:
     """``x / y``, and 0 wherever ``y == 0`` (with a zero, not NaN, gradient there)."""
     x, y = ops._pair(x, y, "divide_no_nan")
-    zero = derived(np.equal, y, Tensor(array_module(y._value).zeros((), y._value.dtype)))
+    zero = derived(ops._of_module(np.equal), y,
+                   Tensor(array_module(y._value).zeros((), y._value.dtype)))
     safe = ops.where(zero, ops.ones_like(y), y)
     return ops.where(zero, ops.zeros_like(ops.divide(x, safe)), ops.divide(x, safe))
 
@@ -80,7 +81,8 @@ def divide_no_nan(x, y) -> Tensor:
 def multiply_no_nan(x, y) -> Tensor:
     """``x * y``, and 0 wherever ``y == 0`` even if ``x`` is inf or NaN."""
     x, y = ops._pair(x, y, "multiply_no_nan")
-    zero = derived(np.equal, y, Tensor(array_module(y._value).zeros((), y._value.dtype)))
+    zero = derived(ops._of_module(np.equal), y,
+                   Tensor(array_module(y._value).zeros((), y._value.dtype)))
     safe_x = ops.where(zero, ops.zeros_like(x), x)  # x is never multiplied by a zero y
     return ops.multiply(safe_x, y)
 

@@ -482,11 +482,11 @@ def _shape_arg(shape) -> tuple:
 
 
 def zeros(shape, dtype="float32") -> Tensor:
-    return Tensor(np.zeros(_shape_arg(shape), dtype=as_dtype(dtype)))
+    return Tensor(_device.place(np.zeros(_shape_arg(shape), dtype=as_dtype(dtype))))
 
 
 def ones(shape, dtype="float32") -> Tensor:
-    return Tensor(np.ones(_shape_arg(shape), dtype=as_dtype(dtype)))
+    return Tensor(_device.place(np.ones(_shape_arg(shape), dtype=as_dtype(dtype))))
 
 
 def zeros_like(input, dtype=None) -> Tensor:
@@ -500,7 +500,8 @@ def ones_like(input, dtype=None) -> Tensor:
 
 
 def linspace(start, stop, num: int) -> Tensor:
-    return Tensor(np.linspace(float(start), float(stop), int(num), dtype=np.float32))
+    return Tensor(_device.place(np.linspace(float(start), float(stop), int(num),
+                                            dtype=np.float32)))
 
 
 def range(start, limit=None, delta=1, dtype=None) -> Tensor:
@@ -509,7 +510,7 @@ def range(start, limit=None, delta=1, dtype=None) -> Tensor:
     if dtype is None:
         floats = any(isinstance(v, float) for v in (start, limit, delta))
         dtype = "float32" if floats else "int32"
-    return Tensor(np.arange(start, limit, delta).astype(as_dtype(dtype)))
+    return Tensor(_device.place(np.arange(start, limit, delta).astype(as_dtype(dtype))))
 
 
 # ---------------------------------------------------------------- Python operators

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .devices import place  # drawn on the host (seeded), then on the tp.device scope's device
 from .tensor import Tensor, as_dtype
 
 __all__ = ["set_seed", "uniform", "normal", "generator", "get_state", "set_state"]
@@ -23,12 +24,12 @@ def generator(seed: int | None = None) -> np.random.Generator:
 
 def uniform(shape, minval=0.0, maxval=1.0, dtype="float32", seed=None) -> Tensor:
     g = generator(seed)
-    return Tensor(g.uniform(minval, maxval, size=tuple(shape)).astype(as_dtype(dtype)))
+    return Tensor(place(g.uniform(minval, maxval, size=tuple(shape)).astype(as_dtype(dtype))))
 
 
 def normal(shape, mean=0.0, stddev=1.0, dtype="float32", seed=None) -> Tensor:
     g = generator(seed)
-    return Tensor(g.normal(mean, stddev, size=tuple(shape)).astype(as_dtype(dtype)))
+    return Tensor(place(g.normal(mean, stddev, size=tuple(shape)).astype(as_dtype(dtype))))
 
 
 def get_state() -> dict:

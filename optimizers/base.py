@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 
+from tapeflow import devices
 from tapeflow.trace import replayed
 
 from . import clip, rules, schedules
@@ -43,6 +44,16 @@ _SLOT_KEY = re.compile(r"^(\d+)/(\w+)$")
 def _to_numpy(a: Any) -> np.ndarray:
     """A host (NumPy) copy of ``a``."""
     return a.get() if hasattr(a, "get") and xp_of(a) is not np else np.array(a, copy=True)
+
+
+def _on_device_of(g: Any, var: Any, name: str) -> Any:
+    """A host (NumPy) gradient copied to its variable's device, as ``Variable.assign`` does; a
+    gradient on another device is refused (copying across devices is explicit)."""
+    src, dst = devices.device_of(g), devices.device_of(var._value)
+    if src.device_type != "CPU":
+        raise ValueError(f"{name}: gradient on {src} for variable "
+                         f"{getattr(var, 'name', None)!r} on {dst}; copy it explicitly")
+    return devices.to_device(g, dst)
 
 
 def _describe(var: Any, index: int) -> str:
@@ -187,6 +198,8 @@ class Optimizer:
         p = var._value
         if not hasattr(g, "shape"):
             g = xp_of(p).asarray(g)
+        elif type(g) is not type(p):
+            g = _on_device_of(g, var, self.name)
         if g.shape != p.shape:
             raise ValueError(f"{self.name}: gradient of shape {tuple(g.shape)} does not match "
                              f"variable {getattr(var, 'name', None)!r} of shape "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import math_ops, ops
+from .. import devices as _device
 from .._backend import array_module
 from .. import primitives as P
 from .. import primitives_ext as PX
@@ -223,7 +224,7 @@ def avg_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:
     total = ops.reduce_sum(patches, axis=(3, 4))
     if padding.upper() == "VALID":
         return ops.multiply(total, 1.0 / (ksize[0] * ksize[1]))
-    ones = Tensor(np.ones((1,) + x.shape[1:3] + (1,), dtype=x.dtype))
+    ones = Tensor(array_module(x._value).ones((1,) + x.shape[1:3] + (1,), dtype=x.dtype))
     counts = ops.reduce_sum(_windows(ones, ksize, strides, padding, 0, "avg_pool2d"),
                             axis=(3, 4))
     return ops.divide(total, counts)
@@ -272,6 +273,8 @@ def dropout(x, rate: float, noise_shape=None, seed=None) -> Tensor:
 
     def draw(xv):
         # (derived from x: a tp.function replay draws a fresh mask on every call)
-        keep = tp_random.uniform(shape, seed=seed, dtype=xv.dtype)._value >= rate
-        return keep.astype(xv.dtype) / np.asarray(1 - rate, dtype=xv.dtype)
+        # drawn by the seeded host generator, then copied to x's device explicitly
+        keep = _device.to_device(tp_random.uniform(shape, seed=seed, dtype=xv.dtype).numpy(),
+                                 _device.device_of(xv)) >= rate
+        return keep.astype(xv.dtype) / xv.dtype.type(1 - rate)
     return ops.multiply(x, derived(draw, x))

@@ -171,6 +171,14 @@ def test_losses_and_activations_on_the_device():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_out_of_range_labels_give_nan_rows_on_the_device_like_tensorflow_on_a_gpu():
+    with tp.device("/GPU:0"):
+        loss = F.sparse_softmax_cross_entropy_with_logits(tp.constant([0, 3, -1, 2]),
+                                                          tp.zeros((4, 3)))
+    assert on_gpu(loss)
+    np.testing.assert_allclose(loss.numpy(), [np.log(3), np.nan, np.nan, np.log(3)], rtol=1e-6)
+
+
 # ---------------------------------------------------------------- whole training steps
 def _step(model, opt, x, y):
     with tp.GradientTape() as tape:
@@ -208,17 +216,31 @@ def test_training_step_on_the_device_matches_the_cpu_and_never_reads_the_host(ki
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
-def test_trainer_step_places_batches_on_the_device():
+def test_trainer_fits_checkpoints_and_resumes_on_the_device(tmp_path):
     from tapeflow.training import Trainer
 
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((16, 6)).astype(np.float32)
-    y = rng.integers(0, 3, 16)
-    model = tp.nn.mlp([6, 8, 3], seed=1).to("/GPU:0")
-    trainer = Trainer(model=model, optimizer=optimizers.SGD(learning_rate=0.1), x_train=x,
-                      y_train=y, x_test=x, y_test=y, batch_size=8, progress=False,
-                      log=lambda s: None,
-                      to_device=lambda a: devices.to_device(a, "/GPU:0"))
-    loss, correct = trainer.train_step(x[:8], y[:8], 8)
-    assert np.isfinite(loss) and 0 <= correct <= 8
+    x = rng.standard_normal((32, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+
+    def make():
+        model = tp.nn.mlp([6, 8, 3], seed=1).to("/GPU:0")
+        return model, Trainer(model=model, optimizer=optimizers.Adam(learning_rate=0.1),
+                              x_train=x, y_train=y, x_test=x, y_test=y, batch_size=8,
+                              progress=False, log=lambda s: None, checkpoint_dir=str(tmp_path),
+                              to_device=lambda a: devices.to_device(a, "/GPU:0"))
+
+    model, trainer = make()
+    results = trainer.fit(2)
+    assert results[-1].train_loss < results[0].train_loss
     assert all(on_gpu(v) for v in model.variables)
+    trainer.close()
+    again, resumed = make()
+    assert resumed.restore()
+    for a, b in zip(model.variables, again.variables):
+        assert on_gpu(b) and np.array_equal(a.numpy(), b.numpy())
+    loss, correct = resumed.train_step(x[:8], y[:8], 8)
+    assert np.isfinite(loss) and 0 <= correct <= 8
+    slots = [a for state in resumed.optimizer._slots for a in state.values() if a.ndim]
+    assert slots and all(type(a) is sd.StrictArray for a in slots)
+    resumed.close()
