@@ -78,6 +78,13 @@ def ref_nadam(p, g, s, t, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
     return p - lr * m_hat / (np.sqrt(v_hat) + epsilon)
 
 
+def ref_lion(p, g, s, t, lr, beta_1=0.9, beta_2=0.99):
+    m = s.get("m", 0.0)
+    p = p - lr * np.sign(beta_1 * m + (1 - beta_1) * g)
+    s["m"] = beta_2 * m + (1 - beta_2) * g
+    return p
+
+
 # id -> (optimizer name, hyperparameters, reference, weight decay)
 RULE_CASES = {
     "sgd": ("sgd", {}, ref_sgd, 0.0),
@@ -93,6 +100,8 @@ RULE_CASES = {
     "adadelta": ("adadelta", {"rho": 0.9}, ref_adadelta, 0.0),
     "adamax": ("adamax", {}, ref_adamax, 0.0),
     "nadam": ("nadam", {}, ref_nadam, 0.0),
+    "lion": ("lion", {}, ref_lion, 0.0),
+    "lion-betas-wd": ("lion", {"beta_1": 0.8, "beta_2": 0.9}, ref_lion, 0.05),
 }
 
 
@@ -192,6 +201,9 @@ CONVERGENCE = {
                  ({"learning_rate": optim.CosineDecay(1.0, decay_steps=5000)}, 5000)),
     "adamax": ({"learning_rate": 0.1}, ({"learning_rate": 0.02}, 2000)),
     "nadam": ({"learning_rate": 0.1}, ({"learning_rate": 0.01}, 3000)),
+    # sign steps: a decaying learning rate lets the fixed step size settle
+    "lion": ({"learning_rate": optim.CosineDecay(0.05, decay_steps=500)},
+             ({"learning_rate": optim.CosineDecay(0.01, decay_steps=4000)}, 4000)),
 }
 
 
