@@ -340,6 +340,13 @@ def _assign_kernel(var, method: str) -> Callable:
 
 
 def _call_kernel(fn: Callable, args: tuple, kwargs: dict, slot_leaves: list) -> Callable:
+    """Re-run a replayed method with this step's tensors; or, if its object offers one
+    (``_tp_replay_<method>(*args)``, e.g. SGD's fused update), that kernel on the arrays."""
+    make = getattr(args[0], f"_tp_replay_{getattr(fn, '__name__', '')}", None) if args else None
+    if make is not None:  # it gets the traced Tensor arguments' arrays, in order
+        kernel = make(*args[1:], **kwargs)
+        if kernel is not None:
+            return kernel
     structure = [args, kwargs]
     leaves = nest.flatten(structure)
     where = [i for i, _ in slot_leaves]

@@ -91,6 +91,7 @@ class ConcreteFunction:
         self.structured_outputs = structure
         self._out_leaves = out_leaves   # the traced output's leaves (non-Tensors kept as-is)
         self._out_slots = out_slots     # leaf index -> position in the plan's outputs
+        self._single = isinstance(structure, Tensor) and not isinstance(structure, Variable)
 
     @property
     def structured_input_signature(self) -> list:
@@ -98,6 +99,8 @@ class ConcreteFunction:
 
     def _call_arrays(self, arrays: list):
         results = self.plan.run(*arrays)
+        if self._single:
+            return Tensor(results[0])
         leaves = list(self._out_leaves)
         for i, k in self._out_slots.items():
             leaves[i] = Tensor(results[k])
@@ -166,6 +169,7 @@ class Function:
         self.__name__ = name or getattr(fn, "__name__", "function")
         functools.update_wrapper(self, fn)
         self._cache: dict = {}
+        self._fast: dict = {}  # (shape, dtype, ...) of positional plain Tensors -> trace
         self._tracing_count = 0
         self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -208,12 +212,25 @@ class Function:
             # Inside another trace: inline. Under an outer eager tape: run eagerly so the tape
             # records the ops (and can differentiate through this call).
             return self.python_function(*args, **kwargs)
+        if not kwargs:  # fast path: positional plain Tensors, keyed by shapes and dtypes
+            fast = []
+            for a in args:
+                if type(a) is not Tensor:
+                    break
+                fast.append(a._value.shape)
+                fast.append(a._value.dtype)
+            else:
+                cf = self._fast.get(tuple(fast))
+                if cf is not None:
+                    return cf._call_arrays([a._value for a in args])
         structure, leaves = self._canonical(args, kwargs)
         key = (_structure_key(structure), tuple(_leaf_key(v) for v in leaves))
         cf = self._cache.get(key)
         if cf is None:
             cf = self._trace(structure, leaves)
             self._cache[key] = cf
+        if not kwargs and all(type(a) is Tensor for a in args):
+            self._fast[tuple(x for a in args for x in (a._value.shape, a._value.dtype))] = cf
         arrays = [v._value if isinstance(v, Tensor) else v for v in leaves
                   if isinstance(v, (Tensor, np.ndarray)) and not isinstance(v, Variable)]
         return cf._call_arrays(arrays)

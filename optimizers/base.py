@@ -253,6 +253,44 @@ class Optimizer:
         self.iterations += 1
         return self.iterations
 
+    def _tp_replay_apply_gradients(self, grads_and_vars) -> Callable | None:
+        """For a ``tp.function`` plan: ``kernel(*gradient_arrays)`` doing this step's
+        :meth:`apply_gradients` for these variables with preallocated buffers, or ``None``
+        (the plan then calls :meth:`apply_gradients` itself). Plain SGD only (no momentum,
+        clipping or weight decay): ``lr * g`` into a buffer, then ``p -= buffer``, eager's
+        arithmetic exactly. Any other configuration at run time falls back to the eager step.
+        """
+        pairs = list(grads_and_vars)
+        config = self._fused_sgd_config()
+        if config is None or any(not hasattr(g, "_value") or tuple(g.shape) != tuple(v.shape)
+                                 or g.dtype != v.dtype for g, v in pairs):
+            return None
+        variables = [v for _, v in pairs]
+        bufs = [xp_of(v._value).empty_like(v._value) for v in variables]
+        built = []
+
+        def kernel(*grads) -> None:
+            if self._fused_sgd_config() != config:
+                self.apply_gradients(zip(grads, variables))
+                return
+            if not built:
+                self._build(variables, self.rule())
+                built.append(True)
+            lr = self.current_learning_rate
+            for g, var, buf in zip(grads, variables, bufs):
+                xp_of(g).multiply(g, rules._c(lr, var._value), out=buf)
+                var._subtract_(buf)
+            self.iterations += 1
+        return kernel
+
+    def _fused_sgd_config(self) -> tuple | None:
+        if type(self).rule_factory is not rules.sgd or getattr(self, "momentum", 0) or \
+                self.weight_decay or self.clipnorm is not None or self.clipvalue is not None \
+                or self.global_clipnorm is not None:
+            return None
+        return (self.rule(), self.weight_decay, self.clipnorm, self.clipvalue,
+                self.global_clipnorm)
+
     # ---------------------------------------------------------------- state
     def variables(self) -> list[Any]:
         """The model variables this optimizer has state for, in position order."""

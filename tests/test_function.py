@@ -310,3 +310,51 @@ def test_traced_index_arrays_in_static_parameters_are_refused():
     f = tp.function(lambda x, i: tp.gather(x, i))
     with pytest.raises(TraceError, match="static parameter"):
         f(tp.constant([1.0, 2.0, 3.0]), tp.constant([2, 0]))
+
+
+def test_sgd_update_in_a_plan_is_fused_and_follows_hyperparameter_changes():
+    runs = []
+    for traced in (False, True):
+        vs, opt = _mlp(), SGD(0.1)
+
+        def step(x, y):
+            with tp.GradientTape() as tape:
+                loss = _loss(vs, x, y)
+            opt.apply_gradients(zip(tape.gradient(loss, vs), vs))
+            return loss
+        fn = tp.function(step) if traced else step
+        for i, (x, y) in enumerate(_batches(6)):
+            if i == 2:
+                opt.learning_rate = 0.05          # a new learning rate is used at once
+            if i == 4:
+                opt.clipnorm = 0.5                # no fused kernel with clipping: eager step
+            fn(tp.constant(x), tp.constant(y))
+        runs.append(([v.numpy() for v in vs], opt.iterations, opt.get_state()))
+    (v_e, it_e, st_e), (v_f, it_f, st_f) = runs
+    assert it_e == it_f == 6 and sorted(st_e) == sorted(st_f)
+    for a, b in zip(v_e, v_f):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sgd_plan_step_allocates_no_full_size_array():
+    vs, opt = _mlp(sizes=(256, 1024, 10)), SGD(0.01)
+    (x, y), = _batches(1, b=64, d=256, k=10)
+
+    @tp.function
+    def step(x, y):
+        with tp.GradientTape() as tape:
+            loss = _loss(vs, x, y)
+        opt.apply_gradients(zip(tape.gradient(loss, vs), vs))
+        return loss
+    xt, yt = tp.constant(x), tp.constant(y)
+    for _ in range(3):
+        step(xt, yt)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        step(xt, yt)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 48 * 1024, peak
