@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="launch N ranks with mpiexec (same flags otherwise)")
     p.add_argument("--oversubscribe", action="store_true",
                    help="with --np: allow more ranks than cores (they time-share the cores)")
+    p.add_argument("--max-restarts", type=int, default=0, metavar="K",
+                   help="with --np and --checkpoint-dir: when a rank dies, end the job and "
+                        "start it again from the newest good checkpoint, up to K times")
+    p.add_argument("--timeline", metavar="FILE",
+                   help="write a Chrome-trace timeline of each step's phases (one file per "
+                        "rank: FILE, or FILE's stem + .rankR.json on several ranks); open it "
+                        "in Perfetto or chrome://tracing")
     return p
 
 
@@ -244,6 +251,13 @@ def validate(args: argparse.Namespace) -> None:
                          f"optimizer settings: {e}") from None
     if args.metrics:
         check_writable_file(args.metrics, "--metrics")
+    if args.timeline:
+        check_writable_file(args.timeline, "--timeline")
+    if args.max_restarts < 0:
+        raise UsageError(f"--max-restarts must be >= 0, got {args.max_restarts}")
+    if args.max_restarts and (not args.np_ranks or not args.checkpoint_dir):
+        raise UsageError("--max-restarts needs --np N (this command launches and relaunches "
+                         "the job) and --checkpoint-dir DIR (where a restart resumes from)")
     if args.checkpoint_dir:
         check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
         if os.path.isdir(args.checkpoint_dir) and not args.evaluate_only:
@@ -329,17 +343,26 @@ def load_data(args: argparse.Namespace, comm=None):
 def _mpi_relaunch(args: argparse.Namespace, argv: list[str]) -> int:
     from tapeflow.distributed import launcher
 
+    from . import elastic
+
     rest, skip = [], False
     for a in argv:  # drop --np N / --np=N: the ranks must not relaunch themselves
         if skip:
             skip = False
-        elif a == "--np":
+        elif a in ("--np", "--max-restarts"):
             skip = True
-        elif not a.startswith("--np=") and a != "--oversubscribe":
+        elif not a.startswith(("--np=", "--max-restarts=")) and a != "--oversubscribe":
             rest.append(a)
     cmd = [sys.executable, "-m", "tapeflow.launch.train", *rest]
+
+    def launch(command: list[str]) -> tuple[int, bool]:
+        code = launcher.run_mpiexec(args.np_ranks, command, oversubscribe=args.oversubscribe)
+        return code, code in elastic.USER_STOP
+
     try:
-        return launcher.run_mpiexec(args.np_ranks, cmd, oversubscribe=args.oversubscribe)
+        if not args.max_restarts:
+            return launch(cmd)[0]
+        return elastic.run_elastic(cmd, args.max_restarts, launch, prog=PROG)
     except FileNotFoundError as e:
         fail(PROG, str(e))
 
@@ -418,6 +441,8 @@ def _main(argv: list[str]) -> int:
     from tapeflow import distributed as dist
     from tapeflow.training import Interrupted, Trainer
 
+    if args.timeline:
+        os.environ["TAPEFLOW_TIMELINE"] = args.timeline  # dist.init starts it on each rank
     comm = _job.comm = dist.init("auto")  # a failure on any rank now ends the whole job
     tp.random.set_seed(args.seed)
     say = print if comm.rank == 0 else (lambda *a, **k: None)
