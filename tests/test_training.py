@@ -355,3 +355,28 @@ def test_resume_refuses_another_seed_or_batch_size(tmp_path, change):
     key = next(iter(change))
     with pytest.raises(ValueError, match=f"trained with {key}"):
         other.restore()
+
+
+def test_a_new_run_removes_the_temp_folder_of_a_killed_save(tmp_path):
+    junk = tmp_path / ".tmp-ckpt-killed"  # seconds old: the one-hour rule would keep it
+    junk.mkdir()
+    (junk / ckpt.TENSORS_FILE).write_bytes(b"x" * 5000)
+    make_trainer(mlp_model(), sgd(), tmp_path).fit(1)
+    assert not junk.exists()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [f"ckpt-{STEPS_PER_EPOCH:09d}"]
+
+
+def test_a_resumed_epoch_reports_the_rate_of_its_own_samples(tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    first = make_trainer(mlp_model(), sgd(), tmp_path / "ck", metrics_path=str(metrics))
+    record_steps(first, stop_at=6)
+    with pytest.raises(Interrupted):
+        first.fit(1)
+    second = make_trainer(mlp_model(), sgd(), tmp_path / "ck", metrics_path=str(metrics))
+    assert second.restore() and second.step == 6
+    result = second.fit(1)[0]
+    # samples/s times the epoch's seconds is what this process trained: steps 7 and 8 only
+    assert result.samples_per_second * result.seconds == pytest.approx(N_TRAIN - 6 * BATCH)
+    epoch = [json.loads(x) for x in metrics.read_text().splitlines()][-1]
+    assert epoch["samples_per_second"] == result.samples_per_second
+    assert epoch["loss"] == pytest.approx(result.train_loss)  # the whole epoch's loss
