@@ -317,3 +317,30 @@ def test_more_tf_names():
     assert tp.nn.top_k is tp.math.top_k
     close(tp.nn.compute_average_loss(tp.constant([1.0, 3.0]), sample_weight=[1.0, 0.5],
                                      global_batch_size=5), 2.5 / 5)
+
+
+@pytest.mark.parametrize("fn,derivative", [
+    (tp.math.erf, lambda x: 2 / np.sqrt(np.pi) * np.exp(-x ** 2)),
+    (tp.math.expm1, np.exp),
+    (tp.math.tan, lambda x: 1 / np.cos(x) ** 2),
+    (tp.math.atan, lambda x: 1 / (1 + x ** 2)),
+    (tp.math.sinh, np.cosh),
+    (tp.math.cosh, np.sinh),
+    (tp.math.softplus, lambda x: 1 / (1 + np.exp(-x))),
+    (tp.math.log_sigmoid, lambda x: 1 / (1 + np.exp(x))),
+    (tp.math.rsqrt, lambda x: -0.5 * x ** -1.5),
+    (tp.nn.silu, lambda x: (1 + np.exp(-x) + x * np.exp(-x)) / (1 + np.exp(-x)) ** 2),
+    (tp.nn.softsign, lambda x: 1 / (1 + np.abs(x)) ** 2),
+    (lambda t: tp.math.cumprod(t, axis=0), None),
+])
+def test_gradients_against_closed_forms(fn, derivative):
+    x = np.array([0.3, 0.8, 1.2, 0.55])
+    xt = tp.constant(x)
+    with tp.GradientTape() as tape:
+        tape.watch(xt)
+        y = fn(xt)
+    g = tape.gradient(y, xt).numpy()
+    if derivative is None:  # d/dx_j sum_i prod_{k<=i} x_k = sum_{i>=j} prod_{k<=i, k!=j} x_k
+        derivative = lambda v: np.array([sum(np.prod(np.delete(v[:i + 1], j))
+                                             for i in range(j, len(v))) for j in range(len(v))])
+    np.testing.assert_allclose(g, derivative(x), rtol=1e-10)
