@@ -340,6 +340,18 @@ def load_data(args: argparse.Namespace, comm=None):
     return xtr, ytr, xte, yte
 
 
+# Each rank started by --np records SIGINT/SIGTERM/SIGHUP from its first instruction on (the
+# launcher forwards them), so a signal that arrives while Python imports tapeflow still ends
+# the rank with one line and 128 + signal, not a traceback or an mpiexec banner.
+_RANK_BOOTSTRAP = (
+    "import signal, sys\n"
+    "pending = []\n"
+    "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n"
+    "    signal.signal(s, lambda signum, frame: pending.append(signum))\n"
+    "from tapeflow.launch.train import main\n"
+    "sys.exit(main(sys.argv[1:], pending=pending))\n")
+
+
 def _mpi_relaunch(args: argparse.Namespace, argv: list[str]) -> int:
     from tapeflow.distributed import launcher
 
@@ -353,7 +365,7 @@ def _mpi_relaunch(args: argparse.Namespace, argv: list[str]) -> int:
             skip = True
         elif not a.startswith(("--np=", "--max-restarts=")) and a != "--oversubscribe":
             rest.append(a)
-    cmd = [sys.executable, "-m", "tapeflow.launch.train", *rest]
+    cmd = [sys.executable, "-c", _RANK_BOOTSTRAP, *rest]
 
     def launch(command: list[str]) -> tuple[int, bool]:
         code = launcher.run_mpiexec(args.np_ranks, command, oversubscribe=args.oversubscribe)
@@ -375,7 +387,7 @@ def _blas_threads() -> str:
     return ",".join(map(str, sizes)) or "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, pending: list[int] | None = None) -> int:
     """Entry point: ``tapeflow-train [options]``; returns the exit status.
 
     SIGINT/SIGTERM/SIGHUP before training starts end the run with one line and status
@@ -390,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      signal.SIGHUP)}
         stop_on_signals()
     try:
+        if pending:  # recorded by _RANK_BOOTSTRAP before this function ran
+            raise Stopped(pending[0])
         return _main(sys.argv[1:] if argv is None else list(argv))
     except Stopped as e:
         if launcher_rank() == 0:
