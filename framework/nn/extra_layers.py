@@ -16,16 +16,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .. import ops
+from .. import math_ops, ops
 from ..tensor import Tensor, Variable, as_dtype, convert_to_tensor
 from . import functional as F
 from . import init
-from .normalization import batch_normalization, moments
+from .normalization import batch_normalization
 from .layers import _as_layer_dtype, _on_device, _pair, _padding, _shape_hint
 from .modules import Module
 
 __all__ = ["AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
-           "Embedding", "BatchNormalization", "InputLayer", "Input"]
+           "Embedding", "BatchNormalization", "LayerNormalization", "InputLayer", "Input"]
 
 
 class AveragePooling2D(Module):
@@ -142,7 +142,7 @@ class BatchNormalization(Module):
         shape = [1] * x.ndim
         shape[axis] = x.shape[axis]
         if training:
-            mean, var = moments(x, reduce_axes)
+            mean, var = _exact_moments(x, reduce_axes, keepdims=False)
             m = self.momentum
             self.moving_mean.assign(self.moving_mean.numpy() * m + mean.numpy() * (1 - m))
             self.moving_variance.assign(self.moving_variance.numpy() * m
@@ -153,6 +153,47 @@ class BatchNormalization(Module):
         beta = None if self.beta is None else ops.reshape(self.beta, shape)
         return batch_normalization(x, ops.reshape(mean, shape), ops.reshape(var, shape), beta,
                                    gamma, self.epsilon)
+
+
+class LayerNormalization(Module):
+    """Normalise each example over its last axis (Keras):
+    ``y = gamma * (x - mean) / sqrt(var + epsilon) + beta`` with per-example statistics, so
+    training and inference behave the same. ``gamma``/``beta`` have the last axis's size."""
+
+    def __init__(self, epsilon: float = 1e-3, center: bool = True, scale: bool = True,
+                 dtype: str = "float32", name: str | None = None,
+                 input_shape: Sequence[int] | None = None) -> None:
+        super().__init__(name)
+        self.input_shape_hint = _shape_hint(input_shape)
+        self.epsilon, self.center, self.scale = float(epsilon), bool(center), bool(scale)
+        self.dtype = as_dtype(dtype)
+        self.gamma: Variable | None = None
+        self.beta: Variable | None = None
+        if self.input_shape_hint:
+            self.build(self.input_shape_hint[-1])
+
+    def build(self, features: int, like: Any = None) -> None:
+        """Create ``gamma`` (ones) and ``beta`` (zeros) of size ``features``."""
+        if self.scale:
+            self.gamma = Variable(_on_device(np.ones(features, self.dtype), like), name="gamma")
+        if self.center:
+            self.beta = Variable(_on_device(np.zeros(features, self.dtype), like), name="beta")
+        self._built = True
+
+    def call(self, x: Any, training: bool = False) -> Tensor:
+        x = _as_layer_dtype(convert_to_tensor(x, self.dtype) if not isinstance(x, Tensor)
+                            else x, self.dtype)
+        if not getattr(self, "_built", False):
+            self.build(int(x.shape[-1]), x)
+        mean, var = _exact_moments(x, [x.ndim - 1], keepdims=True)
+        return batch_normalization(x, mean, var, self.beta, self.gamma, self.epsilon)
+
+
+def _exact_moments(x: Tensor, axes: list, keepdims: bool) -> tuple[Tensor, Tensor]:
+    """Mean and (biased) variance with the gradient through both: unlike ``tp.nn.moments``
+    (TensorFlow's stop_gradient on the mean), second derivatives of the layers are exact."""
+    return (ops.reduce_mean(x, axes, keepdims=keepdims),
+            math_ops.reduce_variance(x, axes, keepdims=keepdims))
 
 
 class InputLayer(Module):

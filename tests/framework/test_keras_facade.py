@@ -243,3 +243,16 @@ def test_utils_to_categorical_and_seed():
     a = tp.random.uniform((3,)).numpy()
     keras.utils.set_random_seed(7)
     np.testing.assert_array_equal(a, tp.random.uniform((3,)).numpy())
+
+
+def test_layer_normalization_normalises_each_example():
+    ln = keras.layers.LayerNormalization(epsilon=0.0, input_shape=(4,))
+    assert [n for n, _ in ln.named_variables()] == ["gamma", "beta"]
+    x = R.normal(3.0, 2.0, (5, 4))
+    y = ln(x).numpy()
+    np.testing.assert_allclose(y.mean(-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(-1), 1.0, rtol=1e-4)
+    ln64 = keras.layers.LayerNormalization(dtype="float64")
+    check_grads(lambda t: ln64(t), [R.normal(size=(2, 3))])
+    bn64 = keras.layers.BatchNormalization(dtype="float64")
+    check_grads(lambda t: bn64(t, training=True), [R.normal(size=(4, 3))])
