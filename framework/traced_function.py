@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import nest
+from . import random as tp_random
 from .plan import Plan, compile_plan
 from .recording import _ACTIVE
 from .tensor import _TRACE, Tensor, Variable, as_dtype
@@ -266,11 +267,15 @@ class Function:
                 specs.append(v)
         args, kwargs = nest.pack_as(structure, traced_leaves)
         self._tracing_count += 1
+        rng_state = tp_random.get_state()
         _TRACE.append(tracer)
         try:
             out = self.python_function(*args, **kwargs)
         finally:
             _TRACE.remove(tracer)
+            # The trace is dry: random draws made while tracing (dropout masks) do not advance
+            # the global generator; the first call's replay draws them.
+            tp_random.set_state(rng_state)
         out_leaves = nest.flatten(out)
         out_slots: dict[int, int] = {}
         slots: list[int] = []

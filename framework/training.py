@@ -33,6 +33,7 @@ from . import timeline
 from .nn import functional as F
 from .tape import GradientTape
 from .tensor import Tensor
+from .traced_function import function
 
 __all__ = ["Trainer", "EpochResult", "Interrupted", "sync_variables", "sync_optimizer_state",
            "sparse_accuracy", "sparse_cross_entropy", "evaluate_logs"]
@@ -149,7 +150,8 @@ class Trainer:
     ``config`` (JSON data, e.g. the model and optimizer names) is stored in each checkpoint;
     :meth:`restore` refuses a checkpoint whose config, seed or batch size differ.
     ``metrics_path`` adds a :class:`~tapeflow.callbacks.JSONLLogger`, ``progress`` a
-    :class:`~tapeflow.callbacks.ProgbarLogger`.
+    :class:`~tapeflow.callbacks.ProgbarLogger`. ``use_function`` runs each single-process
+    step through ``tp.function`` (traced once per batch shape, then a static plan).
     """
 
     model: Any
@@ -183,7 +185,9 @@ class Trainer:
     eval_prefix: str = "test_"
     shuffle: bool = True
     stop_training: bool = False
+    use_function: bool = False
     _stop_signal: int | None = field(default=None, init=False, repr=False)
+    _step_fn: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.comm is None:
@@ -216,9 +220,32 @@ class Trainer:
         return math.ceil(len(self.x_train) / self.batch_size)
 
     # ---------------------------------------------------------------- one step
+    def _traced(self) -> bool:
+        """Whether steps run through ``tp.function``: asked for, in one process, plain tape."""
+        return self.use_function and self.comm.size == 1 and self.gradient_tape is GradientTape
+
+    def _function_step(self, xt: Tensor, yt: Tensor, scale: float):
+        if self._step_fn is None:
+            def step(xt, yt, scale):
+                with GradientTape() as tape:
+                    outputs = self.model(xt, training=True)
+                    loss = ops.multiply(ops.reduce_sum(self.loss_fn(yt, outputs)), scale)
+                grads = tape.gradient(loss, self.variables)
+                self.optimizer.apply_gradients(zip(grads, self.variables))
+                return loss, outputs
+            self._step_fn = function(step)
+        with timeline.span("step (tp.function)"):
+            return self._step_fn(xt, yt, scale)
+
     def train_step(self, x, y, global_count: int) -> np.ndarray:
         """One optimizer step on this rank's shard; returns its sums: loss, each metric."""
         xt, yt = Tensor(self.to_device(x)), Tensor(self.to_device(y))
+        if self._traced():
+            # The same step traced once per batch shape and replayed as a static plan: the
+            # same losses and weights as the eager step below, bit for bit.
+            loss, outputs = self._function_step(xt, yt, 1.0 / global_count)
+            return np.array([float(_host(loss)) * global_count,
+                             *(float(np.sum(fn(yt, outputs))) for fn in self.metric_fns.values())])
         with timeline.span("forward"), self.gradient_tape() as tape:
             outputs = self.model(xt, training=True)
             loss = ops.multiply(ops.reduce_sum(self.loss_fn(yt, outputs)), 1.0 / global_count)
