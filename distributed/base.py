@@ -143,6 +143,7 @@ class Signature:
     seq: int = 0
     error: bool = False
     count: int | None = None
+    ragged: bool = False  # the first dimension may differ between ranks (allgather)
 
     def encode(self) -> np.ndarray:
         f = np.full(_NFIELDS, ANY, dtype=np.int64)
@@ -152,7 +153,7 @@ class Signature:
         f[3] = _DTYPE_CODE.get(self.dtype, 0) if self.dtype is not None else ANY
         f[4] = ANY if self.root is None else self.root
         count = self.count
-        if count is None and self.shape is not None:
+        if count is None and self.shape is not None and not self.ragged:
             count = int(np.prod(self.shape, dtype=np.int64))
         f[5] = ANY if count is None else count
         if self.shape is not None:
@@ -161,6 +162,9 @@ class Signature:
             f[11] = shape_crc(self.shape)
         if self.crc is not None:
             f[11] = self.crc
+        if self.ragged and self.shape is not None:
+            f[11] = shape_crc(self.shape[1:])  # the first dimension is free, not compared
+            f[15] = 1
         f[12], f[13], f[14] = self.seq, self.tag, int(self.error)
         return f
 
@@ -188,7 +192,7 @@ class Signature:
         if f[3] != ANY:
             parts.append(str(DTYPES[f[3] - 1]) if 0 < f[3] <= len(DTYPES) else "bad dtype")
         if f[6] != ANY:
-            dims = [d for d in f[7:7 + min(f[6], 4)]]
+            dims = ["*" if d == ANY else d for d in f[7:7 + min(f[6], 4)]]
             shape = "(" + ", ".join(map(str, dims)) + (", ..." if f[6] > 4 else "") + \
                     ("," if f[6] == 1 else "") + ")"
             parts.append(f"shape {shape}")
@@ -215,6 +219,8 @@ def first_difference(sigs: np.ndarray, me: int) -> int | None:
             v = row[i]
             if v == ANY or i in (13, 14):  # the step is reported, not compared (dist.join
                 continue                     # lets ranks take different numbers of steps)
+            if i == 7 and row[15] == 1:      # a ragged first dimension (allgather)
+                continue
             if ref[i] == ANY:
                 ref[i] = v
             elif ref[i] != v:
@@ -226,15 +232,14 @@ def first_difference(sigs: np.ndarray, me: int) -> int | None:
 
 
 def mismatch_message(sigs: np.ndarray, bad: int) -> str:
+    invalid = [r for r in range(sigs.shape[0]) if sigs[r][14]]
+    if invalid:
+        kind = Signature.describe(sigs[invalid[0]]).split("(")[0]
+        return (f"rank{'s' if len(invalid) > 1 else ''} {', '.join(map(str, invalid))} passed "
+                f"invalid arguments to {kind} (nothing was exchanged; "
+                f"{'they' if len(invalid) > 1 else 'it'} raised the reason)")
     ref = 0 if bad != 0 else 1
-    for r in range(sigs.shape[0]):
-        if r != bad and not sigs[r][14]:
-            ref = r
-            break
     a, b = Signature.describe(sigs[ref]), Signature.describe(sigs[bad])
-    if sigs[bad][14] and a == b.replace(", invalid arguments", ""):
-        return (f"rank {bad} passed invalid arguments to {a} (nothing was exchanged; rank {bad} "
-                "raised the reason)")
     return (f"ranks called different collectives (nothing was combined): rank {ref} called {a}, "
             f"rank {bad} called {b}")
 

@@ -77,7 +77,11 @@ COMPUTING, WAITING, EXITING = 0, 1, 2
 class MismatchError(ValueError):
     """Ranks called different collectives, or one collective with different sizes, dtypes, ops
     or roots; raised on every rank before anything is combined, naming the first differing
-    rank and both calls."""
+    rank and both calls. ``signatures`` holds every rank's encoded signature (or ``None``)."""
+
+    def __init__(self, message: str, signatures: Any = None):
+        super().__init__(message)
+        self.signatures = signatures
 
 
 def _seconds(env: str, default: float) -> float:

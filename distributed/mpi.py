@@ -228,7 +228,7 @@ class MPICommunicator(Communicator):
             bad = first_difference(sigs, self._rank)
         if bad is not None:
             raise MismatchError(f"{a.what} #{self._seq} on rank {self._rank}: "
-                                + mismatch_message(sigs, bad))
+                                + mismatch_message(sigs, bad), sigs)
         return sigs
 
     def _agree(self, sig: Signature, error: Exception | None = None) -> np.ndarray:
@@ -332,10 +332,8 @@ class MPICommunicator(Communicator):
 
         def body():
             problem = check_dtype(arr.dtype, "allgather")
-            tail = tuple(arr.shape[1:]) if arr.ndim else None
-            self._agree(Signature("allgather", None, arr.dtype,
-                                  crc=shape_crc((arr.ndim, *(tail or ())))),
-                        _error(problem))
+            self._agree(Signature("allgather", None, arr.dtype, tuple(arr.shape),
+                                  ragged=arr.ndim > 0), _error(problem))
             rows = arr.shape[0] if arr.ndim else 1
             mine = np.array([rows, arr.nbytes], dtype=np.int64)   # rows and bytes
             pairs = np.empty((self._size, 2), dtype=np.int64)

@@ -34,9 +34,10 @@ import numpy as np
 from tapeflow import devices, nest, timeline
 from tapeflow._backend import array_module
 from tapeflow.tape import GradientTape, UnconnectedGradients
-from tapeflow.tensor import Tensor
+from tapeflow.tensor import Tensor, Variable
 
-from .base import Communicator, Layout, Reducer, text_crc
+from .base import KINDS, Communicator, Layout, Reducer, text_crc
+from .faults import MismatchError
 from .registry import get_comm
 
 __all__ = ["DistributedGradientTape", "GradientAccumulation", "tape_factory",
@@ -171,6 +172,11 @@ class DistributedGradientTape:
         bufs = plan.reducer.start(tag=plan.steps)  # the layout check starts here
         try:
             results = self._reduce(plan, bufs, leaves, pos_of, sweep, acc, mode)
+        except MismatchError as exc:
+            plan.reducer.cancel()
+            if _between_tapes(exc):  # every rank is here: name the first differing tensor
+                raise self._layout_mismatch(leaves, exc) from None
+            raise
         except BaseException:
             plan.reducer.cancel()
             raise
@@ -288,6 +294,33 @@ class DistributedGradientTape:
         if self.comm.rank == 0:
             print(f"tapeflow: {msg}", file=sys.stderr, flush=True)
 
+    def _layout_mismatch(self, leaves: list, exc: MismatchError) -> MismatchError:
+        """The detailed error when every rank reduces gradients but the layouts differ."""
+        mine = {"options": [self.op, self.bucket_bytes, self.compression],
+                "tensors": [[getattr(s, "name", None) if isinstance(s, Variable) else None,
+                             list(map(int, s.shape)), str(np.dtype(s.dtype))] for s in leaves]}
+        every = self.comm.allgather_object(mine)
+        ref = every[0]
+        for r, other in enumerate(every[1:], start=1):
+            if other["options"] != ref["options"]:
+                detail = (f"rank 0 reduces with (op, bucket_bytes, compression) = "
+                          f"{tuple(ref['options'])}, rank {r} with {tuple(other['options'])}")
+                break
+            a, b = ref["tensors"], other["tensors"]
+            if len(a) != len(b):
+                detail = f"rank 0 has {len(a)} gradients, rank {r} has {len(b)}"
+                break
+            diff = next((k for k in range(len(a)) if a[k][1:] != b[k][1:]), None)
+            if diff is not None:
+                name = f" ({a[diff][0]})" if a[diff][0] else ""
+                detail = (f"tensor #{diff}{name}: rank 0 {tuple(a[diff][1])} {a[diff][2]}, "
+                          f"rank {r} {tuple(b[diff][1])} {b[diff][2]}")
+                break
+        else:
+            return exc
+        return MismatchError("DistributedGradientTape: ranks disagree on the gradients to reduce "
+                             f"(nothing was reduced): {detail}", exc.signatures)
+
     # -- plans -----------------------------------------------------------------------------------
     def _plan(self, leaves: list) -> _Plan:
         sig = _signature(leaves)
@@ -324,6 +357,13 @@ def _stage(a, like):
     """The MPI staging copy, explicit: ``a`` onto ``like``'s device (device -> host for a host
     bucket, host -> device for a gradient whose source lives on a device)."""
     return devices.to_device(a, devices.device_of(like))
+
+
+def _between_tapes(exc: MismatchError) -> bool:
+    """Whether every rank raised this error from a gradient reduction (so all can talk)."""
+    sigs = exc.signatures
+    code = KINDS.index("reduce_gradients") + 1
+    return sigs is not None and all(int(row[1]) == code and not row[14] for row in sigs)
 
 
 def tape_factory(comm: Communicator, **options) -> Callable[[], Any]:

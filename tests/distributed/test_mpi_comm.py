@@ -364,9 +364,6 @@ def test_allgather_mismatch_raises_on_every_rank(comm):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.xfail(strict=True, reason="bug: an allgather mismatch in the trailing dimensions "
-                   "is detected (shape checksum) but the message shows the same "
-                   "'allgather(float32)' for both ranks, without their shapes")
 def test_allgather_mismatch_names_the_shapes(comm):
     msgs = _messages(comm, lambda: comm.allgather(np.zeros((1, 2 + comm.rank), np.float32)))
     assert all(m.startswith("MismatchError") for m in msgs)
@@ -444,10 +441,6 @@ def test_one_ranks_bad_argument_is_announced_to_every_rank(comm):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.xfail(strict=True, reason="bug: base.mismatch_message says 'ranks called different "
-                   "collectives' when one rank passed invalid arguments to the same collective "
-                   "(the ', invalid arguments' suffix is not removed when it is the only field, "
-                   "or when the invalid rank's signature lacks the dtype/shape)")
 def test_one_ranks_bad_argument_is_named_as_such(comm):
     for what, msgs in _bad_on_rank_0(comm).items():
         for m in msgs[1:]:
