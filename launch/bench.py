@@ -41,75 +41,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tapeflow.launch.cli import (
-    HelpFormatter, Parser, UsageError, check_writable_dir, check_writable_file, fail,
+    HelpFormatter, Parser, UsageError, check_writable_dir, check_writable_file, fail, int_list,
+    nonnegative_int, positive_float, positive_int,
 )
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _INPUT_DIM = 784
 _CLASSES = 10
-
-
-# -- argument types ------------------------------------------------------------------------------
-
-def _int_list(flag: str, minimum: int = 1):
-    """An argparse type for comma-separated integers >= ``minimum`` (messages name ``flag``)."""
-
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(p) for p in text.split(",") if p.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} takes comma-separated integers such as 1,2,4; got {text!r}") from None
-        if not values:
-            raise argparse.ArgumentTypeError(f"{flag} needs at least one value; got {text!r}")
-        if min(values) < minimum:
-            raise argparse.ArgumentTypeError(
-                f"{flag} values must be >= {minimum}; got {text!r}")
-        return values
-
-    return parse
-
-
-def _positive_int(flag: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a positive integer, got {text!r}"
-                                             ) from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{flag} expects a positive integer, got {v}")
-        return v
-
-    return parse
-
-
-def _nonneg_int(flag: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects an integer >= 0, got {text!r}"
-                                             ) from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects an integer >= 0, got {v}")
-        return v
-
-    return parse
-
-
-def _positive_float(flag: str):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a positive number, got {text!r}"
-                                             ) from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a positive number, got {v}")
-        return v
-
-    return parse
 
 
 def _default_bucket_bytes() -> int:
@@ -126,54 +64,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("scaling", help="weak/strong scaling over rank counts (JSON + PNG)",
                        formatter_class=HelpFormatter)
-    s.add_argument("--ranks", type=_int_list("--ranks"), default=(1, 2),
+    s.add_argument("--ranks", type=int_list("--ranks"), default=(1, 2),
                    help="comma-separated rank counts")
     s.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-    s.add_argument("--hidden", type=_int_list("--hidden"), default=(512, 512),
+    s.add_argument("--hidden", type=int_list("--hidden"), default=(512, 512),
                    help="MLP hidden widths")
-    s.add_argument("--batch-per-rank", type=_positive_int("--batch-per-rank"), default=128,
+    s.add_argument("--batch-per-rank", type=positive_int, default=128,
                    help="weak: the per-rank batch; strong: global batch = this * max(ranks)")
-    s.add_argument("--steps", type=_positive_int("--steps"), default=30, help="timed steps")
-    s.add_argument("--warmup", type=_nonneg_int("--warmup"), default=5, help="untimed steps")
+    s.add_argument("--steps", type=positive_int, default=30, help="timed steps")
+    s.add_argument("--warmup", type=nonnegative_int, default=5, help="untimed steps")
     s.add_argument("--warmup-seconds", type=float, default=1.0,
                    help="keep warming up at least this long (idle vCPUs start slow)")
     s.add_argument("--mode", choices=("weak", "strong", "both"), default="weak")
     s.add_argument("--out", default="bench-results", help="output folder")
-    s.add_argument("--threads-per-rank", type=_positive_int("--threads-per-rank"), default=1,
+    s.add_argument("--threads-per-rank", type=positive_int, default=1,
                    help="BLAS/OpenMP threads per rank")
-    s.add_argument("--bucket-bytes", type=_positive_int("--bucket-bytes"), default=None,
+    s.add_argument("--bucket-bytes", type=positive_int, default=None,
                    help="fused bucket size (default: DistributedGradientTape's)")
-    s.add_argument("--comm-repeats", type=_positive_int("--comm-repeats"), default=20,
+    s.add_argument("--comm-repeats", type=positive_int, default=20,
                    help="repeats of the standalone blocking all-reduce measurement")
-    s.add_argument("--repeats", type=_positive_int("--repeats"), default=1,
+    s.add_argument("--repeats", type=positive_int, default=1,
                    help="rounds over all rank counts (interleaved, so load drift hits every "
                         "point alike); each point reports its median round")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--timeout", type=_positive_float("--timeout"), default=600.0,
+    s.add_argument("--timeout", type=positive_float, default=600.0,
                    help="seconds allowed per mpiexec run")
 
     a = sub.add_parser("allreduce", help="fused tape all-reduce vs one raw MPI Allreduce",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a.add_argument("--ranks", type=_positive_int("--ranks"), default=2)
-    a.add_argument("--hidden", type=_int_list("--hidden"), default=(512, 512),
+    a.add_argument("--ranks", type=positive_int, default=2)
+    a.add_argument("--hidden", type=int_list("--hidden"), default=(512, 512),
                    help="MLP 784-<hidden>-10 whose gradient tensors are reduced")
-    a.add_argument("--mb", type=_positive_float("--mb"), default=None,
+    a.add_argument("--mb", type=positive_float, default=None,
                    help="size of the raw buffer in MB (1e6 bytes); default: exactly the "
                         "gradients' total (784-512-512-10: 2.68 MB). Bandwidths are compared.")
-    a.add_argument("--bucket-bytes", type=_positive_int("--bucket-bytes"), default=None)
-    a.add_argument("--repeats", type=_positive_int("--repeats"), default=100)
+    a.add_argument("--bucket-bytes", type=positive_int, default=None)
+    a.add_argument("--repeats", type=positive_int, default=100)
     a.add_argument("--warmup-seconds", type=float, default=1.0,
                    help="warm up at least this long before timing (idle vCPUs start slow)")
-    a.add_argument("--threads-per-rank", type=_positive_int("--threads-per-rank"), default=1)
+    a.add_argument("--threads-per-rank", type=positive_int, default=1)
     a.add_argument("--json", help="also write the result to this file")
-    a.add_argument("--timeout", type=_positive_float("--timeout"), default=600.0)
+    a.add_argument("--timeout", type=positive_float, default=600.0)
 
     sub.add_parser("step", help="run benchmarks/step_time.py (source checkouts only); "
                    "further arguments go to it", add_help=False)
 
     w = sub.add_parser("_worker")  # one rank of a scaling point (launched by `scaling`)
     w.add_argument("--model", default="mlp")
-    w.add_argument("--hidden", type=_int_list("--hidden"), default=(512, 512))
+    w.add_argument("--hidden", type=int_list("--hidden"), default=(512, 512))
     w.add_argument("--batch", type=int, required=True, help="this rank's batch")
     w.add_argument("--steps", type=int, required=True)
     w.add_argument("--warmup", type=int, required=True)
@@ -184,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--result", required=True)
 
     aw = sub.add_parser("_allreduce_worker")
-    aw.add_argument("--hidden", type=_int_list("--hidden"), default=(512, 512))
+    aw.add_argument("--hidden", type=int_list("--hidden"), default=(512, 512))
     aw.add_argument("--nbytes", type=int, default=0)
     aw.add_argument("--bucket-bytes", type=int, required=True)
     aw.add_argument("--repeats", type=int, required=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, NoReturn
 
 __all__ = ["Parser", "HelpFormatter", "UsageError", "launcher_rank", "launcher_size",
-           "positive_int", "nonnegative_int", "finite_float", "int_list",
+           "positive_int", "nonnegative_int", "finite_float", "positive_float", "int_list",
            "check_writable_dir", "check_writable_file", "plural", "Stopped", "stop_on_signals",
            "signal_name", "fail"]
 
@@ -75,23 +75,29 @@ def plural(n: int, word: str) -> str:
 
 
 # --------------------------------------------------------------------------- argument types
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
 
 
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
 def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
 
 

@@ -55,32 +55,30 @@ def test_custom_loop_example_trains_mnist(tmp_path, mnist_env):
     assert len(accuracies) == 2 and accuracies[-1] > 0.96, done.stdout
 
 
-def test_distributed_loop_example_on_two_ranks(tmp_path, mnist_env, mpiexec):
+def _on_two_ranks(example: str, tmp_path, env: dict, mpiexec: str) -> str:
+    """Run a README example under ``mpiexec -n 2``; its standard output."""
     from tapeflow.distributed.launcher import cpu_count
 
-    script = tmp_path / "distributed_loop.py"
-    script.write_text(_example("distributed_loop.py"))
-    env = {k: v for k, v in mnist_env.items() if not k.startswith(("PMI_", "HYDRA_"))}
+    script = tmp_path / example
+    script.write_text(_example(example))
+    env = {k: v for k, v in env.items() if not k.startswith(("PMI_", "HYDRA_"))}
     cmd = [mpiexec, "-n", "2", *(["-bind-to", "none"] if cpu_count() < 2 else []),
            sys.executable, str(script)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("on 2 rank(s)") == 2, done.stdout  # printed by rank 0 only
-    assert _accuracies(done.stdout)[-1] > 0.96, done.stdout
+    return done.stdout
+
+
+def test_distributed_loop_example_on_two_ranks(tmp_path, mnist_env, mpiexec):
+    out = _on_two_ranks("distributed_loop.py", tmp_path, mnist_env, mpiexec)
+    assert out.count("on 2 rank(s)") == 2, out  # printed by rank 0 only
+    assert _accuracies(out)[-1] > 0.96, out
 
 
 def test_fit_example_runs_unchanged_on_two_ranks(tmp_path, mnist_env, mpiexec):
-    from tapeflow.distributed.launcher import cpu_count
-
-    script = tmp_path / "fit.py"
-    script.write_text(_example("fit.py"))
-    env = {k: v for k, v in mnist_env.items() if not k.startswith(("PMI_", "HYDRA_"))}
-    cmd = [mpiexec, "-n", "2", *(["-bind-to", "none"] if cpu_count() < 2 else []),
-           sys.executable, str(script)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr
-    lines = [x for x in done.stdout.splitlines() if x.startswith("epoch ")]
-    assert [x.split(":")[0] for x in lines] == ["epoch 1/1"], done.stdout  # rank 0 prints
+    out = _on_two_ranks("fit.py", tmp_path, mnist_env, mpiexec)
+    lines = [x for x in out.splitlines() if x.startswith("epoch ")]
+    assert [x.split(":")[0] for x in lines] == ["epoch 1/1"], out  # rank 0 prints
     assert float(lines[-1].split("val loss ")[1].split(" acc ")[1].split()[0]) > 0.94
 
 
