@@ -45,7 +45,8 @@ __all__ = [
     "rank", "size", "local_rank", "local_size", "cross_rank", "cross_size",
     "allreduce", "grouped_allreduce", "allgather", "broadcast", "broadcast_object",
     "allgather_object", "barrier", "alltoall", "reducescatter", "new_group", "join", "Join",
-    "DistributedGradientTape", "DistributedOptimizer", "GradientAccumulation", "DEFAULT_BUCKET_BYTES", "tape_factory",
+    "DistributedGradientTape", "DistributedOptimizer", "GradientAccumulation",
+    "DEFAULT_BUCKET_BYTES", "tape_factory",
     "broadcast_variables", "broadcast_optimizer_state", "average_metrics",
     "find_mpiexec", "mpiexec_argv", "run_mpiexec", "threads_per_rank",
 ]

@@ -243,7 +243,8 @@ def test_mismatched_dtype_raises_on_every_rank(comm):
     w = tp.Variable(np.ones(4, dtype), name="mixed")
     with DistributedGradientTape(tp.GradientTape(), comm) as tape:
         loss = tp.reduce_sum(w * w)
-    with pytest.raises(MismatchError, match=r"tensor #0 \(mixed\): rank 0 \(4,\) float32, rank 1 \(4,\) float64"):
+    with pytest.raises(MismatchError,
+                       match=r"tensor #0 \(mixed\): rank 0 \(4,\) float32, rank 1 \(4,\) float64"):
         tape.gradient(loss, [w])
 
 
@@ -253,7 +254,8 @@ def test_mismatched_counts_raise_on_every_rank(comm):
     sources = [w, b] if comm.rank == 1 else [w]
     with DistributedGradientTape(tp.GradientTape(), comm) as tape:
         loss = _loss(_x(comm.rank), w, b)
-    with pytest.raises(MismatchError, match=r"nothing was reduced\): rank 0 has 1 gradients, rank 1 has 2"):
+    with pytest.raises(MismatchError,
+                       match=r"nothing was reduced\): rank 0 has 1 gradients, rank 1 has 2"):
         tape.gradient(loss, sources)
 
 
