@@ -205,7 +205,9 @@ class _Namespace(types.ModuleType):
 
 
 xp = _Namespace("strict_device.xp", np)
-xp.cuda = types.SimpleNamespace(Device=StrictDevice)
+# CuPy's cuda namespace, as far as tapeflow uses it: two devices, 0 and 1
+xp.cuda = types.SimpleNamespace(Device=StrictDevice,
+                                runtime=types.SimpleNamespace(getDeviceCount=lambda: 2))
 
 
 def _asnumpy(a) -> np.ndarray:

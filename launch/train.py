@@ -277,6 +277,18 @@ def validate(args: argparse.Namespace) -> None:
                              "'tapeflow[gpu]', or use --device cpu")
 
 
+def place_on_gpu(model, local_rank: int):
+    """Move ``model`` to this rank's GPU (``local_rank`` modulo the GPUs visible), make it the
+    current device, and return the explicit copy that puts each batch there."""
+    from tapeflow import devices
+
+    gpu = devices.gpu_module()
+    spec = devices.DeviceSpec("GPU", local_rank % max(gpu.cuda.runtime.getDeviceCount(), 1))
+    gpu.cuda.Device(spec.index).use()
+    model.to(spec)
+    return lambda a: devices.to_device(a, spec)
+
+
 def make_optimizer(args: argparse.Namespace, steps_per_epoch: int):
     from tapeflow import optimizers
     from tapeflow.optimizers import schedules
@@ -471,11 +483,7 @@ def _main(argv: list[str]) -> int:
     model = _build_model(args, inputs=xtr.shape[1] if args.model == "mlp" else 784)
     to_device = lambda a: a  # noqa: E731
     if args.device == "gpu":
-        import cupy
-
-        to_device = cupy.asarray
-        for v in model.variables:
-            v._value = cupy.asarray(v._value)
+        to_device = place_on_gpu(model, comm.local_rank)
     steps = -(-len(xtr) // args.batch_size)
     optimizer = make_optimizer(args, steps)
     trainer = Trainer(model, optimizer, xtr, ytr, xte, yte, batch_size=args.batch_size,

@@ -244,3 +244,19 @@ def test_trainer_fits_checkpoints_and_resumes_on_the_device(tmp_path):
     slots = [a for state in resumed.optimizer._slots for a in state.values() if a.ndim]
     assert slots and all(type(a) is sd.StrictArray for a in slots)
     resumed.close()
+
+
+@pytest.mark.parametrize("local_rank", [0, 3])
+def test_tapeflow_train_gpu_placement_uses_the_local_rank(local_rank):
+    from tapeflow.launch.train import place_on_gpu
+
+    model = tp.nn.mlp([4, 3], seed=0)
+    try:
+        to_device = place_on_gpu(model, local_rank)
+        want = f"/device:GPU:{local_rank % 2}"
+        assert all(v.device == want for v in model.variables)
+        batch = to_device(np.ones((2, 4), np.float32))
+        assert type(batch) is sd.StrictArray and batch.device.id == local_rank % 2
+        assert sd.StrictDevice.current().id == local_rank % 2  # made current, like cupy's use()
+    finally:
+        sd.StrictDevice(0).use()
