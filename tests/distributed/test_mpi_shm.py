@@ -305,7 +305,8 @@ def test_distributed_tape_names_mismatched_large_tensors(comm):
     w = tp.Variable(np.ones(shape, np.float32), name="w")
     with DistributedGradientTape(tp.GradientTape(), comm) as tape:
         loss = tp.reduce_sum(w * w)
-    with pytest.raises(MismatchError, match=r"ranks disagree on the gradients.*nothing was reduced"):
+    with pytest.raises(MismatchError,
+                       match=r"ranks disagree on the gradients.*nothing was reduced"):
         tape.gradient(loss, w)
 
 
