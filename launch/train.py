@@ -319,37 +319,27 @@ def make_optimizer(args: argparse.Namespace, steps_per_epoch: int):
 
 
 def load_data(args: argparse.Namespace, comm=None):
-    """(x_train, y_train, x_test, y_test). Under MPI rank 0 reads and decompresses the files
-    once and broadcasts the arrays; a data error is raised as DatasetError on every rank."""
+    """(x_train, y_train, x_test, y_test), normalized. Under MPI the first rank of each node
+    reads, verifies and normalizes the files once and the node's ranks share that copy
+    (:mod:`tapeflow.launch.node_data`); a data error is a DatasetError on every rank."""
     import numpy as np
 
     from tapeflow import data
 
-    arrays, error = None, None
-    if comm is None or comm.rank == 0:
+    from .node_data import load_on_node
+
+    def load():
         loader = data.load_mnist if args.dataset == "mnist" else data.load_fashion_mnist
-        try:
-            splits = loader(args.data_dir, verify=not args.no_verify,
-                            download=not args.no_download)
-            arrays = (splits.train_images[:args.train_limit],
-                      splits.train_labels[:args.train_limit].astype(np.int64),
-                      splits.test_images[:args.test_limit],
-                      splits.test_labels[:args.test_limit].astype(np.int64))
-        except data.DatasetError as e:
-            error = str(e)
-    if comm is not None and comm.size > 1:
-        error = comm.broadcast_object(error, root=0)
-        if error is None:
-            arrays = tuple(comm.broadcast(a if comm.rank == 0 else None, root=0)
-                           for a in (arrays or (None,) * 4))
-    if error is not None:
-        raise data.DatasetError(error)
-    xtr, ytr, xte, yte = arrays
-    flat = args.model == "mlp"
-    xtr, xte = data.normalize(xtr, flatten=flat), data.normalize(xte, flatten=flat)
-    if not flat:
-        xtr, xte = xtr[..., None], xte[..., None]
-    return xtr, ytr, xte, yte
+        splits = loader(args.data_dir, verify=not args.no_verify, download=not args.no_download)
+        flat = args.model == "mlp"
+        xtr = data.normalize(splits.train_images[:args.train_limit], flatten=flat)
+        xte = data.normalize(splits.test_images[:args.test_limit], flatten=flat)
+        if not flat:
+            xtr, xte = xtr[..., None], xte[..., None]
+        return (xtr, splits.train_labels[:args.train_limit].astype(np.int64),
+                xte, splits.test_labels[:args.test_limit].astype(np.int64))
+
+    return load_on_node(load, comm, count=4) if comm is not None else load()
 
 
 # Each rank started by --np records SIGINT/SIGTERM/SIGHUP from its first instruction on (the
