@@ -7,7 +7,8 @@ Not a test and not a dependency: PyTorch and JAX are used only when importable. 
 One process pinned to one core, one BLAS/intra-op thread for every framework. Each workload
 times every framework in blocks, interleaved round by round (a, b, c, a, b, c, ...), so the
 ratios printed are medians of ratios measured within a round, under the same conditions.
-Workloads: plain SGD (lr 0.01) on real MNIST batches (float32), cycling over 16 batches:
+Workloads: plain SGD (lr 0.01) on real MNIST batches (float32; ``TAPEFLOW_DATA_DIR`` or the
+data cache must hold MNIST), cycling over 16 batches:
 
 * ``mlp_small``: MLP 784-128-10, batch 32;
 * ``mlp_large``: MLP 784-512-512-10, batch 128;
@@ -270,7 +271,7 @@ def op_steps():
             y = x
             for _ in range(CHAIN):
                 y = y + ct
-        return tape.gradient(y, x)
+        return y, tape.gradient(y, x)  # (y too: else a plan keeps only the constant gradient)
 
     traced = function(taped)
     fns = {"numpy": raw, "tapeflow eager": taped, "tp.function": lambda i: traced()}

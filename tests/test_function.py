@@ -36,6 +36,22 @@ def _batches(n=4, b=8, d=6, k=3, seed=1):
             for _ in range(n)]
 
 
+def _peak_bytes(step, x, y, warm: int = 3, steps: int = 5) -> int:
+    """The most memory the steady-state steps held above what was live before them."""
+    xt, yt = tp.constant(x), tp.constant(y)
+    for _ in range(warm):
+        step(xt, yt)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for _ in range(steps):
+            step(xt, yt)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("make_opt", [lambda: SGD(0.1), lambda: SGD(0.1, momentum=0.9),
                                       lambda: Adam(0.01)])
 def test_training_step_replays_bit_for_bit_like_eager(make_opt):
@@ -262,18 +278,7 @@ def test_steady_state_replay_allocates_no_full_size_array():
         for v, g in zip(vs, tape.gradient(loss, vs)):
             v.assign_sub(0.05 * g)
         return loss
-    xt, yt = tp.constant(x), tp.constant(y)
-    for _ in range(3):
-        step(xt, yt)
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        for _ in range(5):
-            step(xt, yt)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = _peak_bytes(step, x, y)
     # The hidden activation is 64 x 1024 float32 = 256 KiB and W1 1 MiB. What remains is
     # NumPy's own iterator buffer for broadcasting ufuncs (at most 8192 elements) and a few
     # Python objects.
@@ -346,17 +351,7 @@ def test_sgd_plan_step_allocates_no_full_size_array():
             loss = _loss(vs, x, y)
         opt.apply_gradients(zip(tape.gradient(loss, vs), vs))
         return loss
-    xt, yt = tp.constant(x), tp.constant(y)
-    for _ in range(3):
-        step(xt, yt)
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        step(xt, yt)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = _peak_bytes(step, x, y)
     assert peak < 48 * 1024, peak
 
 

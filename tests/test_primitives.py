@@ -104,7 +104,10 @@ TABLE = {
     "conv2d_backprop_filter": [
         (lambda x, g: CV.conv2d_backprop_filter_p(x, g, ksize=(2, 2), strides=(1, 2),
                                                   dilations=(1, 1)),
-         [rand(2, 4, 5, 2), rand(2, 3, 2, 3)])],
+         [rand(2, 4, 5, 2), rand(2, 3, 2, 3)]),
+        (lambda x, g: CV.conv2d_backprop_filter_p(x, g, ksize=(2, 3), strides=(1, 1),
+                                                  dilations=(1, 1)),  # per-tap GEMMs: K > 32
+         [rand(1, 3, 4, 6), rand(1, 2, 2, 2)])],
     "sparse_softmax_cross_entropy": [
         (lambda z, y: tp.nn.sparse_softmax_cross_entropy_with_logits(y, z),
          [rand(4, 5) * 3, np.array([0, 4, 2, 2])])],
