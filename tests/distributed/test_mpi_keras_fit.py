@@ -46,3 +46,24 @@ def test_fit_on_n_ranks_follows_the_single_process_trajectory(comm):
     logs = model.evaluate(xv, yv, return_dict=True, verbose=0, comm=comm)
     assert logs == pytest.approx(reference.evaluate(xv, yv, return_dict=True, verbose=0,
                                                     comm=LocalCommunicator()), rel=1e-4)
+
+
+@pytest.mark.mpi
+def test_horovod_callbacks_under_mpi(comm):
+    x, y = _data()
+    model = _model(seed=comm.rank)
+    cbs = tp.keras.callbacks
+    warmup = cbs.LearningRateWarmupCallback(initial_lr=0.1 * comm.size, warmup_epochs=2)
+    seen = []
+
+    class Rate(cbs.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(self.trainer.optimizer.learning_rate)
+
+    history = model.fit(x, y, batch_size=50, epochs=3, verbose=0, comm=comm,
+                        callbacks=[cbs.BroadcastGlobalVariablesCallback(0),
+                                   cbs.MetricAverageCallback(), warmup, Rate()])
+    assert seen[0] == pytest.approx(0.1) and seen[-1] == pytest.approx(0.1 * comm.size)
+    assert all(a <= b + 1e-12 for a, b in zip(seen, seen[1:]))  # rises, then holds
+    gathered = comm.allgather_object([history.history["loss"], seen])
+    assert all(g == gathered[0] for g in gathered)
