@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import unwrap
+from .signature import unwrap
 
 __all__ = ["allreduce", "grouped_allreduce", "allgather", "broadcast", "alltoall",
            "reducescatter"]

@@ -22,7 +22,7 @@ naming the rank and a non-zero end of the whole job, never a hang or garbage:
   ``$TAPEFLOW_STALL_TIMEOUT`` s (default 600, like PyTorch's NCCL watchdog) it aborts the job
   naming them. It spins briefly, then sleeps with a growing pause, so a rank waiting for a slow
   neighbour costs well under 5 % of a core.
-* **Mismatches**: collectives exchange signatures first (:mod:`tapeflow.distributed.base`);
+* **Mismatches**: collectives exchange signatures first (:mod:`tapeflow.distributed.signature`);
   a difference raises :class:`MismatchError` on every rank.
 
 How the board works (checked with the ``mpich`` wheel): every rank owns four int64 in an RMA

@@ -9,10 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import (
-    Communicator, Layout, LeasePool, Reducer, check_dtype, check_op, check_root, json_bytes,
-    json_load,
-)
+from .base import Communicator, Layout, LeasePool, Reducer
+from .signature import check_dtype, check_op, check_root, json_bytes, json_load
 
 __all__ = ["LocalCommunicator", "LocalReducer"]
 

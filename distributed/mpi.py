@@ -21,38 +21,26 @@ from typing import Any, Callable
 import numpy as np
 
 from . import faults
-from .base import DTYPES as _DTYPE_LIST
-from .base import REDUCE_OPS as _OPS
-from .base import (
-    KINDS, Communicator, Layout, LeasePool, Reducer, Signature, check_dtype, check_op,
-    check_root, even_splits, first_difference, json_bytes, json_load, mismatch_message,
-    shape_crc, text_crc,
-)
-from .reducers import BucketReducer, SharedMemoryReducer, mpi_op, mpi_type
+from .base import Communicator, Layout, LeasePool, Reducer, even_splits
 from .faults import COMPUTING, EXITING, WAITING, MismatchError, StatusBoard, Waiter
+from .mpi_join import JOINABLE as _JOINABLE
+from .mpi_join import JoinAnswers
+from .reducers import BucketReducer, SharedMemoryReducer, mpi_op, mpi_type
+from .signature import DTYPES as _DTYPE_LIST
+from .signature import REDUCE_OPS as _OPS
+from .signature import (
+    KINDS, Signature, check_dtype, check_op, check_root, first_difference, json_bytes,
+    json_load, mismatch_message, shape_crc, text_crc,
+)
 
 __all__ = ["MPICommunicator", "SHARED_MEMORY_ENV"]
 
 SHARED_MEMORY_ENV = "TAPEFLOW_SHARED_MEMORY"
 _KIND_CODE = {k: i + 1 for i, k in enumerate(KINDS)}
 _JOIN_CODE = _KIND_CODE["join"]
-# what a joined rank can answer: it needs nothing but the signature to take part
-_JOINABLE = ("reduce_gradients", "allreduce", "broadcast", "broadcast_object", "allgather",
-             "allgather_object", "barrier")
 # Open MPI communicators, in creation order. Held until closed (or exit), so that one dropped
 # without close() is still freed collectively by the exit protocol, never leaked.
 _OPEN: list = []
-
-
-def _neutral(op: str, dtype: np.dtype, count: int) -> np.ndarray:
-    """``count`` values of ``dtype`` that leave a reduction by ``op`` unchanged."""
-    if op in ("max", "min"):
-        info = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
-        value = info.min if op == "max" else info.max
-        if dtype.kind == "f":
-            value = -np.inf if op == "max" else np.inf
-        return np.full(count, value, dtype=dtype)
-    return np.full(count, 1 if op == "product" else 0, dtype=dtype)
 
 
 def _error(problem: str | None) -> Exception | None:
@@ -72,7 +60,7 @@ class _Agreement:
                                                                      error, what)
 
 
-class MPICommunicator(Communicator):
+class MPICommunicator(JoinAnswers, Communicator):
     """Checked collectives over mpi4py on a private duplicate of ``comm`` (default
     ``COMM_WORLD``); creation is collective.
 
@@ -489,86 +477,6 @@ class MPICommunicator(Communicator):
                 and self._shm.eligible(sum(layout.nbytes), dtypes.pop())):
             return SharedMemoryReducer(self, layout, op, check_finite)
         return BucketReducer(self, layout, op, check_finite)
-
-    # -- uneven inputs: dist.join ----------------------------------------------------------------
-    def _join(self) -> int:
-        """Answer the other ranks' collectives with neutral contributions until every rank has
-        joined; return how many collectives this rank answered (see :mod:`.join`)."""
-        self._enter("join")
-        served = 0
-        try:
-            while True:
-                a = self._agree_start(Signature("join"))
-                self.waiter.wait(a.request.Test, "join", self._seq)
-                sigs = a.sigs
-                active = [r for r in range(self._size) if sigs[r][1] != _JOIN_CODE]
-                if not active:
-                    return served
-                self._joined = [r for r in range(self._size) if r not in active]
-                self._answer(Signature.decode(sigs[active[0]]))
-                served += 1
-        finally:
-            self._joined = []
-            self._leave()
-
-    def _answer(self, sig: dict) -> None:
-        """Take part in the active ranks' collective ``sig`` as a joined rank."""
-        MPI, kind = self._MPI, sig["kind"]
-        if kind not in _JOINABLE:
-            raise MismatchError(f"join on rank {self._rank}: the other ranks called {kind}, "
-                                "which a joined rank cannot take part in")
-        if sig["root"] is not None and sig["root"] in self._joined:
-            raise MismatchError(f"join on rank {self._rank}: the other ranks broadcast from "
-                                f"rank {sig['root']}, which has joined")
-        if kind in ("reduce_gradients", "allreduce"):
-            op, dtype, count = sig["op"], sig["dtype"], sig["count"]
-            neutral = _neutral(op, dtype, count)
-            if kind == "allreduce":
-                self._reduce_into(neutral, op, "join")
-            else:
-                self._reduce_gradients_as_joined(neutral)
-        elif kind == "broadcast":
-            header = np.zeros(66, dtype=np.int64)
-            self._wait(self._comm.Ibcast([header, MPI.INT64_T], root=sig["root"]), "join")
-            dtype = _DTYPE_LIST[int(header[0])]
-            data = np.empty(tuple(int(d) for d in header[2:2 + header[1]]), dtype)
-            if data.nbytes:
-                self._wait(self._comm.Ibcast([data.reshape(-1).view(np.uint8), MPI.BYTE],
-                                             root=sig["root"]), "join")
-        elif kind == "broadcast_object":
-            length = np.zeros(1, dtype=np.int64)
-            self._wait(self._comm.Ibcast([length, MPI.INT64_T], root=sig["root"]), "join")
-            data = np.empty(int(length[0]), dtype=np.uint8)
-            self._wait(self._comm.Ibcast([data, MPI.BYTE], root=sig["root"]), "join")
-        elif kind == "allgather":  # no rows from this rank
-            pairs = np.empty((self._size, 2), dtype=np.int64)
-            self._wait(self._comm.Iallgather([np.zeros(2, np.int64), MPI.INT64_T],
-                                             [pairs, MPI.INT64_T]), "join")
-            counts = [int(n) for n in pairs[:, 1]]
-            displs = [int(d) for d in np.cumsum([0] + counts[:-1])]
-            recv = np.empty(sum(counts), dtype=np.uint8)
-            self._wait(self._comm.Iallgatherv([np.zeros(0, np.uint8), MPI.BYTE],
-                                              [recv, (counts, displs), MPI.BYTE]), "join")
-        elif kind == "allgather_object":  # JSON null from this rank
-            mine = json_bytes(None)
-            lengths = np.empty(self._size, dtype=np.int64)
-            self._wait(self._comm.Iallgather([np.array([mine.size], np.int64), MPI.INT64_T],
-                                             [lengths, MPI.INT64_T]), "join")
-            counts = [int(n) for n in lengths]
-            displs = [int(d) for d in np.cumsum([0] + counts[:-1])]
-            recv = np.empty(sum(counts), dtype=np.uint8)
-            self._wait(self._comm.Iallgatherv([mine, MPI.BYTE], [recv, (counts, displs),
-                                                                 MPI.BYTE]), "join")
-
-    def _reduce_gradients_as_joined(self, neutral: np.ndarray) -> None:
-        MPI = self._MPI
-        if self._shm is not None and self._shm.eligible(neutral.nbytes, neutral.dtype):
-            self._shm.allreduce_([neutral], "sum")
-            return
-        work = neutral.astype(np.float32) if neutral.dtype == np.float16 else neutral
-        if work.size:
-            self._wait(self._comm.Iallreduce(MPI.IN_PLACE, [work, mpi_type(MPI, work.dtype)],
-                                             op=MPI.SUM), "join")
 
     # -- closing ---------------------------------------------------------------------------------
     def close(self) -> None:

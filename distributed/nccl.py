@@ -22,7 +22,8 @@ import numpy as np
 from tapeflow import timeline
 from tapeflow._backend import array_module
 
-from .base import Layout, Reducer, check_op
+from .base import Layout, Reducer
+from .signature import check_op
 from .mpi import MPICommunicator
 from .reducers import _CheckedReducer
 from .registry import register_backend

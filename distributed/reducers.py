@@ -18,7 +18,8 @@ import numpy as np
 
 from tapeflow import timeline
 
-from .base import Layout, Reducer, Signature
+from .base import Layout, Reducer
+from .signature import Signature
 
 __all__ = ["BucketReducer", "SharedMemoryReducer"]
 

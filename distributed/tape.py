@@ -36,7 +36,8 @@ from tapeflow._backend import array_module
 from tapeflow.tape import GradientTape, UnconnectedGradients
 from tapeflow.tensor import Tensor, Variable
 
-from .base import KINDS, Communicator, Layout, Reducer, text_crc
+from .base import Communicator, Layout, Reducer
+from .signature import KINDS, text_crc
 from .faults import MismatchError
 from .registry import get_comm
 
