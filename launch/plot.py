@@ -1,4 +1,4 @@
-"""``tapeflow-plot``: training curves from ``tapeflow-train --metrics`` files, as a PNG.
+"""``tapeflow-plot``: training curves from tapeflow-train --metrics files, as a PNG.
 
     tapeflow-plot runs/a/metrics.jsonl -o curves.png
     tapeflow-plot runs/a/metrics.jsonl runs/b/metrics.jsonl -o compare.png --x epoch

@@ -61,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = Parser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                epilog=EXAMPLES, formatter_class=HelpFormatter)
-    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="the network")
     p.add_argument("--hidden", type=int_list("--hidden"), default=(512, 512),
                    help="hidden layer widths of the MLP, comma-separated")
-    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
+                   help="the data set")
     p.add_argument("--data-dir", help="folder with the IDX files (else $TAPEFLOW_DATA_DIR, the "
                                       "user cache, then a verified download)")
     p.add_argument("--no-verify", action="store_true",
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "against the canonical dataset (downloads are always verified)")
     p.add_argument("--no-download", action="store_true",
                    help="never download: fail with a message if the files are not found")
-    p.add_argument("--optimizer", choices=sorted(optimizers.NAMES), default="sgd")
+    p.add_argument("--optimizer", choices=sorted(optimizers.NAMES), default="sgd",
+                   help="the update rule")
     p.add_argument("--lr", type=finite_float, default=None,
                    help="learning rate (default per optimizer: sgd 0.1, adam 1e-3, ...)")
     p.add_argument("--momentum", type=finite_float, default=None,
@@ -90,10 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear warm-up steps")
     p.add_argument("--clip-norm", type=finite_float, default=None,
                    help="clip by global norm (> 0)")
-    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--epochs", type=positive_int, default=10,
+                   help="train until this many epochs are complete (a resumed run counts "
+                        "the restored ones)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="GLOBAL batch size (split across ranks; at least the number of ranks)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
     p.add_argument("--checkpoint-dir", help="save checkpoints here (each epoch and on "
                                             "SIGINT/SIGTERM/SIGHUP); created if missing")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
@@ -110,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="append JSON-lines metrics to this file (see tapeflow-plot)")
     p.add_argument("--log-every", type=positive_int, default=50, metavar="N",
                    help="write a metrics line and refresh the progress figures every N steps")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="where the arrays live (gpu needs CuPy)")
     p.add_argument("--train-limit", type=positive_int, default=None, metavar="N",
                    help="use only the first N training images (quick runs)")
     p.add_argument("--test-limit", type=positive_int, default=None, metavar="N",
@@ -123,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-restarts", type=int, default=0, metavar="K",
                    help="with --np and --checkpoint-dir: when a rank dies, end the job and "
                         "start it again from the newest good checkpoint, up to K times")
+    p.add_argument("--eager", action="store_true",
+                   help="run each step eagerly instead of through tp.function (for debugging; "
+                        "the same losses either way). Several ranks always step eagerly")
     p.add_argument("--timeline", metavar="FILE",
                    help="write a Chrome-trace timeline of each step's phases (one file per "
                         "rank: FILE, or FILE's stem + .rankR.json on several ranks); open it "
@@ -481,7 +489,7 @@ def _main(argv: list[str]) -> int:
                       checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep,
                       checkpoint_every=args.checkpoint_every, metrics_path=args.metrics,
                       log_every=args.log_every, progress=not args.no_progress, log=say,
-                      to_device=to_device, config=run_config(args))
+                      to_device=to_device, config=run_config(args), use_function=not args.eager)
     dist.broadcast_variables(model.variables, root=0, comm=comm)
     try:
         with warnings.catch_warnings(record=True) as skipped:
