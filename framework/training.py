@@ -521,7 +521,8 @@ class Trainer:
         return result
 
     def epoch_line(self, result: EpochResult, epochs: int) -> str:
-        """``epoch 2/10: loss 0.1234 acc 0.9650 | test loss ... acc ... | 3.1s, 20,000 samples/s``"""
+        """``epoch 2/10: loss 0.1234 acc 0.9650 | test loss ... acc ... | 3.1s, 20,000
+        samples/s``"""
         names = [k for k in self.metric_fns if k in result.logs]
         shown = " ".join(f"{'acc' if k == 'accuracy' else k} {result.logs[k]:.4f}"
                          for k in names)

@@ -18,9 +18,9 @@ machine hits every point alike. Each point reports its median round (by step tim
 efficiency is computed from exactly the throughputs in the table (``samples/s(R) / (R/R0 *
 samples/s(R0))``), so table, JSON and plot agree. The spread is the efficiency within each
 round (a ratio measured under one load): its minimum and maximum are printed and drawn as
-error bars, and every round's value is kept in the JSON. The "hidden" column is the share of the standalone communication time that
-the backward sweep hid; it is "-" on the shared-memory path, which runs after the sweep by
-design (it needs the CPU it would overlap with).
+error bars, and every round's value is kept in the JSON. The "hidden" column is the share of the
+standalone communication time that the backward sweep hid; it is "-" on the shared-memory path,
+which runs after the sweep by design (it needs the CPU it would overlap with).
 
 ``allreduce`` compares the bandwidth of the ``DistributedGradientTape`` path (packing, the
 signature check, fused buckets, unpacking and averaging) on an MLP's gradient tensors with a raw
@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 from tapeflow.launch.cli import (
     HelpFormatter, Parser, UsageError, check_writable_dir, check_writable_file, fail, int_list,
-    nonnegative_int, positive_float, positive_int,
+    nonnegative_int, plural, positive_float, positive_int,
 )
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -419,8 +419,8 @@ def run_scaling(args: argparse.Namespace) -> dict:
                            "--warmup-seconds", str(args.warmup_seconds),
                            "--comm-repeats", str(args.comm_repeats), "--seed", str(args.seed),
                            "--result", str(res_file)]
-                    print(f"[{mode}] round {rnd + 1}/{args.repeats}: {r} rank(s), batch/rank "
-                          f"{per_rank} ...", flush=True)
+                    print(f"[{mode}] round {rnd + 1}/{args.repeats}: {plural(r, 'rank')}, "
+                          f"batch/rank {per_rank} ...", flush=True)
                     _launch(r, cmd, args.threads_per_rank, args.timeout)
                     cache[(r, per_rank)].append(json.loads(res_file.read_text()))
             keys, rows = rows, [dict(_median_round(cache[k]), mode=mode) for k in rows]
@@ -443,7 +443,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
 def print_table(result: dict) -> None:
     """The scaling results as a plain-text table."""
     m, c = result["machine"], result["config"]
-    print(f"{c['model_desc']}, {c['threads_per_rank']} BLAS thread(s)/rank, bucket "
+    print(f"{c['model_desc']}, {plural(c['threads_per_rank'], 'BLAS thread')}/rank, bucket "
           f"{c['bucket_bytes']} B, {c['steps']} timed steps; {m['cpu']}, {m['cores']} cores")
     head = (f"{'mode':>6} {'ranks':>5} {'b/rank':>6} {'global':>6} {'step ms':>8} "
             f"{'samples/s':>10} {'eff %':>6} {'bwd ms':>7} {'wait ms':>7} {'comm ms':>7} "
@@ -577,7 +577,7 @@ def run_allreduce(args: argparse.Namespace) -> dict:
         result = json.loads(res_file.read_text())
     result["machine"] = machine_info()
     print(f"{result['ranks']} ranks, {result['grad_tensors']} gradient tensors, "
-          f"{result['grad_bytes'] / 1e6:.2f} MB in {result['buckets']} bucket(s) of <= "
+          f"{result['grad_bytes'] / 1e6:.2f} MB in {plural(result['buckets'], 'bucket')} of <= "
           f"{bucket} B; raw buffer {result['raw_bytes'] / 1e6:.2f} MB; median of "
           f"{result['repeats']}")
     print(f"  DistributedGradientTape ({result['reduction']} path): "

@@ -14,9 +14,9 @@ import sys
 import warnings
 
 from tapeflow.launch.cli import (
-    HelpFormatter, Parser, Stopped, signal_name, UsageError, check_writable_dir, check_writable_file, fail,
+    HelpFormatter, Parser, Stopped, UsageError, check_writable_dir, check_writable_file, fail,
     finite_float, int_list, launcher_rank, launcher_size, nonnegative_int, plural, positive_int,
-    stop_on_signals,
+    signal_name, stop_on_signals,
 )
 
 PROG = "tapeflow-train"
