@@ -251,3 +251,23 @@ def test_metric_average_averages_numeric_logs_over_ranks():
     logs = {"loss": 1.0, "accuracy": 0.5, "note": "x"}
     cb.on_epoch_end(0, logs)
     assert logs == {"loss": 5.0, "accuracy": 5.0, "note": "x"}  # the stub's "average"
+
+
+def test_fit_steps_through_tp_function_unless_run_eagerly(monkeypatch):
+    import tapeflow.training as training
+
+    traced = []
+    real = training.function
+    monkeypatch.setattr(training, "function", lambda fn: traced.append(fn) or real(fn))
+    eager = _model()
+    eager.compile(optimizer=tp.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], run_eagerly=True)
+    graph = _model()
+    graph.compile(optimizer=tp.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    one = eager.fit(X, Y, epochs=2, verbose=0, seed=4).history
+    assert traced == []
+    two = graph.fit(X, Y, epochs=2, verbose=0, seed=4).history
+    assert len(traced) == 1 and one == two
+    for a, b in zip(eager.get_weights(), graph.get_weights()):
+        np.testing.assert_array_equal(a, b)

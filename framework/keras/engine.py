@@ -52,6 +52,7 @@ class _Compiled:
     loss_fn: Any          # per example
     metric_fns: dict      # name -> per example, host array
     config: dict          # what save() records: loss and metric names
+    run_eagerly: bool = False
 
 
 def _communicator(comm: Any = None):
@@ -108,7 +109,9 @@ def _metric_fn(identifier: Any, loss_name: str | None) -> tuple[str, Any]:
 def compile(model: Any, optimizer: Any = "rmsprop", loss: Any = None, metrics: Any = None,
             **kwargs: Any) -> None:
     """Keras's ``compile``: an optimizer (object or name), a loss (object, function or name)
-    and metrics (names such as ``"accuracy"``, functions or metric objects)."""
+    and metrics (names such as ``"accuracy"``, functions or metric objects). As in Keras,
+    ``fit`` runs each step as a traced function (``tp.function``: traced once per batch
+    shape, then replayed; one process) unless ``run_eagerly=True``."""
     from tapeflow import optimizers
 
     unknown = sorted(set(kwargs) - {"loss_weights", "weighted_metrics", "run_eagerly",
@@ -131,7 +134,8 @@ def compile(model: Any, optimizer: Any = "rmsprop", loss: Any = None, metrics: A
                                 {"loss": _loss_name(loss), "metrics": names,
                                  "loss_class": type(loss_obj).__name__
                                  if isinstance(loss_obj, k_losses.Loss) else None,
-                                 "loss_config": getattr(loss_obj, "get_config", dict)()})
+                                 "loss_config": getattr(loss_obj, "get_config", dict)()},
+                                bool(kwargs.get("run_eagerly", False)))
 
 
 def _compiled(model: Any, what: str) -> _Compiled:
@@ -219,7 +223,8 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int | None = None,
                       gradient_tape=dist.tape_factory(comm), log_every=log_every,
                       progress=verbose == 1, log=say, loss_fn=state.loss_fn,
                       metric_fns=state.metric_fns, callbacks=[history, *(callbacks or [])],
-                      eval_prefix="val_", shuffle=shuffle, epoch=initial_epoch)
+                      eval_prefix="val_", shuffle=shuffle, epoch=initial_epoch,
+                      use_function=not state.run_eagerly)
     try:
         trainer.fit(epochs)
     except Interrupted as e:
