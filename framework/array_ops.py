@@ -19,6 +19,7 @@ import numpy as np
 from . import ops
 from . import primitives as P
 from . import primitives_ext as PX
+from . import devices as _device
 from ._backend import array_module
 from .errors import InvalidArgumentError, InvalidArgumentIndexError
 from .recording import derived
@@ -302,7 +303,7 @@ def fill(dims, value, dtype=None) -> Tensor:
     if v.ndim:
         raise InvalidArgumentError(f"fill: value must be a scalar, got shape {v.shape}")
     dims = (int(dims),) if isinstance(dims, (int, np.integer)) else tuple(int(d) for d in dims)
-    return Tensor(array_module(v).full(dims, v, dtype=v.dtype))
+    return Tensor(_device.place(array_module(v).full(dims, v, dtype=v.dtype)))
 
 
 def norm(tensor, ord="euclidean", axis=None, keepdims: bool = False) -> Tensor:

@@ -108,17 +108,26 @@ def to_device(a, spec):
 
 
 # -- the device scope ----------------------------------------------------------------------------
-_LOCAL = threading.local()
+class _Scope(threading.local):
+    spec: DeviceSpec | None = None  # (a class default: reading it never raises)
+
+
+_LOCAL = _Scope()
+# How many scopes are open in any thread: while 0, nothing needs the thread-local lookup, so
+# the default placement costs one list read.
+_OPEN = [0]
 
 
 def current_device() -> DeviceSpec | None:
     """The device of the innermost ``tp.device`` scope of this thread (None: the default)."""
-    return getattr(_LOCAL, "spec", None)
+    return _LOCAL.spec if _OPEN[0] else None
 
 
 def place(a):
     """A new tensor's array on the current scope's device (``a`` itself outside any scope)."""
-    spec = getattr(_LOCAL, "spec", None)
+    if not _OPEN[0]:
+        return a
+    spec = _LOCAL.spec
     return a if spec is None else to_device(a, spec)
 
 
@@ -139,8 +148,9 @@ class device:
             gpu_module()  # no GPU: a clear error here rather than at the first tensor
 
     def __enter__(self) -> "device":
-        self._prev = getattr(_LOCAL, "spec", None)
+        self._prev = _LOCAL.spec
         _LOCAL.spec = self.spec
+        _OPEN[0] += 1
         if self.spec is not None and self.spec.device_type == "GPU":
             # kernels launch on the current CUDA device: make it this scope's GPU
             self._gpu = gpu_module().cuda.Device(self.spec.index)
@@ -149,6 +159,7 @@ class device:
 
     def __exit__(self, *exc) -> None:
         _LOCAL.spec = self._prev
+        _OPEN[0] -= 1
         if self._gpu is not None:
             gpu, self._gpu = self._gpu, None
             gpu.__exit__(*exc)

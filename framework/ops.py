@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from . import devices as _device
+from .devices import _OPEN as _SCOPES  # (a list: how many tp.device scopes are open)
 from . import primitives as P
 from .device_ops import to_device as _to_device
 from ._backend import array_module
@@ -142,6 +143,9 @@ def identity(x) -> Tensor:
     return add(x, 0) if isinstance(x, Variable) else x
 
 
+_NDARRAY = np.ndarray
+
+
 def _of_module(np_fn):
     """``np_fn`` on NumPy arrays; the same-named function of the array's own module else."""
     name = np_fn.__name__
@@ -155,13 +159,14 @@ def _of_module(np_fn):
 
 def _raw(op_fn, name: str | None = None):
     """An op whose result carries no gradient (comparisons, integer arithmetic, rounding)."""
-    op_fn = _of_module(op_fn)
+    np_fn, any_fn = op_fn, _of_module(op_fn)
 
     def fn(x, y=None) -> Tensor:
         if y is None:
-            return derived(op_fn, convert_to_tensor(x))
+            x = convert_to_tensor(x)
+            return derived(np_fn if type(x._value) is _NDARRAY else any_fn, x)
         x, y = _pair(x, y, fn.__name__)
-        return derived(op_fn, x, y)
+        return derived(np_fn if type(x._value) is _NDARRAY else any_fn, x, y)
     fn.__name__ = fn.__qualname__ = name or op_fn.__name__
     return fn
 
@@ -482,11 +487,13 @@ def _shape_arg(shape) -> tuple:
 
 
 def zeros(shape, dtype="float32") -> Tensor:
-    return Tensor(_device.place(np.zeros(_shape_arg(shape), dtype=as_dtype(dtype))))
+    arr = np.zeros(_shape_arg(shape), dtype=as_dtype(dtype))
+    return Tensor(_device.place(arr) if _SCOPES[0] else arr)
 
 
 def ones(shape, dtype="float32") -> Tensor:
-    return Tensor(_device.place(np.ones(_shape_arg(shape), dtype=as_dtype(dtype))))
+    arr = np.ones(_shape_arg(shape), dtype=as_dtype(dtype))
+    return Tensor(_device.place(arr) if _SCOPES[0] else arr)
 
 
 def zeros_like(input, dtype=None) -> Tensor:

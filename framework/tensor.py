@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import devices as _device
+from .devices import _OPEN as _SCOPES  # (a list: how many tp.device scopes are open)
 from ._backend import array_module, device_name, to_numpy
 
 __all__ = ["Tensor", "Variable", "TensorShape", "constant", "convert_to_tensor", "as_dtype"]
@@ -55,17 +56,11 @@ def _no_float_to_int(value: Any, dtype: np.dtype):
 
 
 def _to_array(value: Any, dtype=None):
-    """Convert a Python/NumPy/CuPy value to an array following TensorFlow's dtype rules; a new
-    array from Python or NumPy values goes to the ``tp.device`` scope's device."""
+    """Convert a Python/NumPy/CuPy value to an array following TensorFlow's dtype rules (where
+    it is: the callers that create tensors put it on the ``tp.device`` scope's device)."""
     if isinstance(value, Tensor):
         arr = value._value
         return arr if dtype is None or arr.dtype == dtype else arr.astype(as_dtype(dtype))
-    if getattr(_device._LOCAL, "spec", None) is not None:
-        return _device.place(_host_to_array(value, dtype))
-    return _host_to_array(value, dtype)
-
-
-def _host_to_array(value: Any, dtype=None):
     xp = array_module(value)
     if dtype is not None:
         dtype = as_dtype(dtype)
@@ -253,6 +248,8 @@ class Variable(Tensor):
     def __init__(self, initial_value, trainable: bool = True, name: str | None = None,
                  dtype=None):
         value = _to_array(initial_value, dtype)
+        if _SCOPES[0]:  # inside a tp.device scope: the variable lives there
+            value = _device.place(value)
         # A Variable owns its buffer: copy, so the caller's array is never aliased.
         super().__init__(value.copy())
         self.trainable = bool(trainable)
@@ -284,7 +281,8 @@ class Variable(Tensor):
 
     def _checked(self, value, what: str):
         arr = _to_array(value, self._value.dtype)
-        if type(arr) is not type(self._value) or _other_device(arr, self._value):
+        if type(arr) is not type(self._value) or (type(arr) is not np.ndarray
+                                                  and arr.device != self._value.device):
             arr = _on_device_of(self, arr, what)
         if arr.shape != self._value.shape:
             raise ValueError(f"Variable {self._name!r}.{what}: shape {arr.shape} does not match "
@@ -416,6 +414,8 @@ def constant(value, dtype=None, shape=None) -> Tensor:
     tp.Tensor(7.0, shape=(), dtype=float32)
     """
     arr = _to_array(value, dtype)
+    if _SCOPES[0]:  # inside a tp.device scope: the constant lives there
+        arr = _device.place(arr)
     if isinstance(value, Tensor) and arr is value._value:
         arr = arr.copy()
     if shape is not None:
@@ -434,4 +434,5 @@ def convert_to_tensor(value, dtype=None) -> Tensor:
             raise ValueError(f"tensor conversion requested dtype {as_dtype(dtype)} for a tensor "
                              f"of dtype {value.dtype} (shape {value.shape}); use tp.cast")
         return value
-    return Tensor(_to_array(value, dtype))
+    arr = _to_array(value, dtype)
+    return Tensor(_device.place(arr) if _SCOPES[0] else arr)
