@@ -190,13 +190,32 @@ def _kill_all(processes: Mapping[int, str]) -> None:
                 pass
 
 
+# The processes that start ranks: MPICH's Hydra proxy, Open MPI's daemons.
+_RANK_PARENTS = ("hydra_pmi_proxy", "orted", "prted")
+
+
+def _send_to_ranks(processes: Mapping[int, str], signum: int) -> None:
+    """Send ``signum`` to the ranks among ``processes`` (children of a local MPI proxy)."""
+    for pid, started in processes.items():
+        fields = _stat(pid)
+        if fields is None or fields[18] != started:
+            continue
+        try:
+            with open(f"/proc/{fields[0]}/comm", encoding="ascii", errors="replace") as f:
+                parent = f.read().strip()
+            if parent in _RANK_PARENTS:
+                os.kill(pid, signum)
+        except OSError:
+            pass
+
+
 def run_job(argv: Sequence[str], *, timeout: float | None = None, grace: float = 30.0,
             poll: float = 0.2) -> int:
     """Run a job launcher (``mpiexec ...``) and stay responsible for every process it starts.
 
-    SIGINT, SIGTERM and SIGHUP received here are passed on to the job as SIGTERM (mpiexec
-    forwards it to every rank without a banner; tapeflow-train saves a checkpoint on it) and
-    the job is waited for. A job still running ``grace`` seconds after the signal, or a
+    SIGINT, SIGTERM and SIGHUP received here are passed on to the job: as they are to the
+    ranks on this machine, and as SIGTERM to mpiexec, which forwards it to every rank without a
+    banner (tapeflow-train saves a checkpoint on the first one it gets). The job is waited for. A job still running ``grace`` seconds after the signal, or a
     second signal, is killed (SIGKILL) with every process it started. Descendants are tracked
     while the job runs, and on Linux orphans re-parent here, so none outlives this call.
     Returns the job's status, or ``128 + signum`` of the first signal that stopped it.
@@ -226,7 +245,8 @@ def run_job(argv: Sequence[str], *, timeout: float | None = None, grace: float =
             now = time.monotonic()
             if signals and stop_sent is None:
                 stop_sent = now
-                proc.send_signal(signal.SIGTERM)
+                _send_to_ranks(tracked, signals[0])  # local ranks learn the real signal
+                proc.send_signal(signal.SIGTERM)     # mpiexec passes SIGTERM to every rank
             if stop_sent is not None and (len(signals) > 1 or now - stop_sent > grace):
                 break  # a second signal, or the grace period is over: killed below
             if timeout is not None and now - started > timeout:

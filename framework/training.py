@@ -391,7 +391,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- signals
     def _on_signal(self, signum, frame) -> None:
-        self._stop_signal = signum
+        if self._stop_signal is None:  # the first one names the stop (a launcher may add one)
+            self._stop_signal = signum
 
     def _should_stop(self) -> bool:
         flag = np.array([0 if self._stop_signal is None else self._stop_signal], np.float64)

@@ -204,7 +204,14 @@ class Stopped(BaseException):
         return signal_name(self.signum)
 
 
+def _ignore(signum, frame) -> None:
+    """A Python-level no-op (not SIG_IGN: a signal already pending would then be reported as
+    'ignored due to race condition')."""
+
+
 def _raise_stopped(signum, frame) -> NoReturn:
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _ignore)  # the first signal decides; a launcher may send more
     raise Stopped(signum)
 
 

@@ -446,6 +446,7 @@ def test_ctrl_c_on_np_2_saves_once_prints_one_line_and_leaves_no_process(tmp_pat
     tail = [line for line in out.splitlines() if not line.startswith(("tapeflow-train: mlp",
                                                                       "epoch "))]
     assert len(tail) == 1 and tail[0].startswith("interrupted at step "), out
+    assert " by SIGINT: checkpoint saved to " in tail[0]
     step = int(tail[0].split("interrupted at step ")[1].split(" ")[0])
     assert ckpt.restore_latest(checkpoints).step == step
     time.sleep(0.2)
