@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import conv as CV
 from . import nest
 from . import primitives as P
 from . import primitives_ext as PX
@@ -112,6 +113,7 @@ def _softmax_grad_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
 FACTORIES: dict[Any, Callable] = {
     "sparse_softmax_cross_entropy": _xent_kernel,
     P._softmax_minus_onehot: _softmax_grad_kernel,
+    **CV.PLAN_KERNELS,
 }
 
 
@@ -146,6 +148,10 @@ def _out_kernel(node, metas: list, shared: dict):
     if prim.name == "reduce_sum":  # what ndarray.sum runs, without its Python wrapper
         return functools.partial(np.add.reduce, axis=params["axis"],
                                  keepdims=params["keepdims"]), False
+    if prim.name in ("window_max", "reduce_max", "reduce_min"):  # what ndarray.max runs
+        uf = np.minimum if prim.name == "reduce_min" else np.maximum
+        return functools.partial(uf.reduce, axis=params["axis"],
+                                 keepdims=params.get("keepdims", False)), False
     if prim.name == "cast":
         return (lambda x, out: np.copyto(out, x, casting="unsafe")), False
     return None
