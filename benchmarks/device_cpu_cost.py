@@ -137,6 +137,13 @@ def inprocess(variants, rounds: int) -> dict:
         opt = optimizers.SGD(learning_rate=0.01)
         gw = [(b, w)]
 
+        from tapeflow.nn import functional as F  # noqa: N812 (this variant's, swapped in)
+
+        mlp = tp.nn.mlp([784, 128, 10], seed=0)
+        xs = tp.constant(np.random.default_rng(0).random((32, 784), dtype=np.float32))
+        ys = tp.constant(np.arange(32) % 10)
+        mlp_step = _step(tp, optimizers, F, mlp, xs, ys, optimizers.SGD(learning_rate=0.01))
+
         def taped(tp=tp, v=v, b=b):
             with tp.GradientTape() as tape:
                 y = v
@@ -156,6 +163,7 @@ def inprocess(variants, rounds: int) -> dict:
             "variable assign_add": (lambda v=w, b=b: v.assign_add(b), 1),
             "SGD apply_gradients, 1 variable": (lambda opt=opt, gw=gw: opt.apply_gradients(gw), 1),
             "recorded add fwd+bwd per op": (taped, 50),
+            "MLP 784-128-10 b32 SGD step": (mlp_step, 100),  # (us per step / 100, see below)
         }
     times: dict = {(n, c): [] for n in loaded for c in cases[variants[0][0]]}
     for r in range(rounds):
@@ -164,13 +172,24 @@ def inprocess(variants, rounds: int) -> dict:
             for name in order:
                 _use(loaded[name])
                 fn, per = cases[name][case]
-                calls = 2000 // per
+                calls = max(2000 // per, 20)
                 t0 = time.perf_counter()
                 for _ in range(calls):
                     fn()
                 times[(name, case)].append((time.perf_counter() - t0) / (calls * per) * 1e6)
-    return {f"eager {c} (us, in-process)": {n: times[(n, c)] for n in loaded}
-            for c in cases[variants[0][0]]}
+    out = {f"eager {c} (us, in-process)": {n: times[(n, c)] for n in loaded}
+           for c in cases[variants[0][0]]}
+    step = out.pop("eager MLP 784-128-10 b32 SGD step (us, in-process)")
+    out["MLP 784-128-10 b32 SGD step (ms, in-process)"] = {
+        n: [t * 100 / 1e3 for t in vals] for n, vals in step.items()}
+    return out
+
+
+def paired_ratios(per_variant: dict, base: str) -> dict:
+    """Median over rounds of each variant's time / the base's time in the same round (the
+    blocks of one round run back to back, so slow drift of the machine cancels)."""
+    return {n: statistics.median(a / b for a, b in zip(vals, per_variant[base]))
+            for n, vals in per_variant.items() if n != base}
 
 
 def main(argv=None) -> dict:
@@ -188,11 +207,13 @@ def main(argv=None) -> dict:
         return {}
     variants = [tuple(v.split("=", 1)) for v in args.variant] or [("installed", "")]
     runs: dict = {name: [] for name, _ in variants}
+    paired: dict = {}
     if args.inprocess:
         for _ in range(args.rounds):
             for name, _ in variants:
                 runs[name].append({})
         for metric, per_variant in inprocess(variants, args.inprocess).items():
+            paired[metric] = paired_ratios(per_variant, variants[0][0])
             for name, vals in per_variant.items():
                 # one "run" per round-median group: rounds folded into `rounds` groups
                 k = max(1, len(vals) // args.rounds)
@@ -218,7 +239,8 @@ def main(argv=None) -> dict:
             vals = [run[metric] for run in runs[name]]
             row[name] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
         for name, _ in variants[1:]:
-            row[f"{name}/{base}"] = row[name]["median"] / row[base]["median"]
+            row[f"{name}/{base}"] = (paired[metric][name] if args.inprocess
+                                     else row[name]["median"] / row[base]["median"])
         table[metric] = row
     res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
            "python": sys.version.split()[0], "numpy": np.__version__, "threads": 1,

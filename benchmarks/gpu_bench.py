@@ -32,27 +32,17 @@ def _timed(fn, sync, steps: int, rounds: int) -> list[float]:
     return out
 
 
-def _step_fn(tp, optimizers, F, model, x, y):
-    opt = optimizers.SGD(learning_rate=0.01, momentum=0.9)
-
-    def step():
-        with tp.GradientTape() as tape:
-            loss = tp.reduce_mean(F.sparse_softmax_cross_entropy_with_logits(
-                y, model(x, training=True)))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-    return step
-
-
 def _case(tp, where, make, x_h, y_h):
     from tapeflow import optimizers
     from tapeflow.nn import functional as F
 
+    from device_cpu_cost import _step  # (this folder: the same training step)
+
     model = make().to(where)
     with tp.device(where):
         x, y = tp.constant(x_h), tp.constant(y_h)
-    return _step_fn(tp, optimizers, F, model, x, y)
+    return _step(tp, optimizers, F, model, x, y,
+                 optimizers.SGD(learning_rate=0.01, momentum=0.9))
 
 
 def main(argv=None) -> dict:

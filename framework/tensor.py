@@ -281,9 +281,10 @@ class Variable(Tensor):
 
     def _checked(self, value, what: str):
         arr = _to_array(value, self._value.dtype)
-        if type(arr) is not type(self._value) or (type(arr) is not np.ndarray
-                                                  and arr.device != self._value.device):
-            arr = _on_device_of(self, arr, what)
+        t = type(arr)
+        if t is not _NDARRAY or type(self._value) is not t:  # (one check for two host arrays)
+            if t is not type(self._value) or arr.device != self._value.device:
+                arr = _on_device_of(self, arr, what)
         if arr.shape != self._value.shape:
             raise ValueError(f"Variable {self._name!r}.{what}: shape {arr.shape} does not match "
                              f"the variable's shape {self._value.shape}")
@@ -376,6 +377,9 @@ def _format(value) -> str:
     if arr.ndim == 0:
         return repr(arr.item())  # 7.0, like TensorFlow (NumPy would print "7.")
     return np.array2string(arr, separator=" ", threshold=20)
+
+
+_NDARRAY = np.ndarray
 
 
 def _other_device(arr, like) -> bool:
