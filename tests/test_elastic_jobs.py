@@ -52,7 +52,9 @@ def _ranks_of(marker: str) -> list[int]:
         except OSError:
             continue
         text = [c.decode(errors="replace") for c in cmd]
-        if "tapeflow.launch.train" in text and marker in " ".join(text) and "--np" not in text:
+        is_rank = (any("tapeflow.launch.train" in part for part in text)  # -m or the -c stub
+                   and not Path(text[0]).name.startswith(("mpiexec", "mpirun")))
+        if is_rank and marker in " ".join(text) and "--np" not in text:
             pids.append(int(entry.name))
     return pids
 
