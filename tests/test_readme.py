@@ -55,6 +55,21 @@ def test_custom_loop_example_trains_mnist(tmp_path, mnist_env):
     assert len(accuracies) == 2 and accuracies[-1] > 0.96, done.stdout
 
 
+def test_trainer_example_writes_checkpoints_metrics_and_csv(tmp_path, mnist_env):
+    script = tmp_path / "trainer.py"
+    script.write_text(_example("trainer.py"))
+    for run in (1, 2):  # the second run resumes from the first one's checkpoint
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=600, env=mnist_env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert _accuracies(done.stdout)[-1] > 0.95, done.stdout
+    runs = tmp_path / "runs" / "b"
+    rows = (runs / "epochs.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[0].startswith("epoch,") and rows[1].startswith("0,")
+    assert sorted(p.name for p in runs.glob("ckpt-*")) == ["ckpt-000000469"]
+    assert "resumed from" in done.stdout and "epoch 1/1" not in done.stdout  # nothing left
+
+
 def _on_two_ranks(example: str, tmp_path, env: dict, mpiexec: str) -> str:
     """Run a README example under ``mpiexec -n 2``; its standard output."""
     from tapeflow.distributed.launcher import cpu_count
