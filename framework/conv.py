@@ -36,6 +36,12 @@ def _window(i, j, oh, ow, strides, dilations):
 # GEMMs took 46 ms, one GEMM 10 ms. (Its forward keeps the K=9 GEMM: nine broadcast
 # multiply-adds took 253 ms against the GEMM's 42 ms.)
 _ONE_GEMM_MAX_K = 32
+# Convolutions run over the batch in blocks whose patch matrix (or tap window) stays within
+# this many bytes, so each block's copy is still in cache when its GEMM reads it. On the MNIST
+# CNN's second layer (one thread, 1 MiB L2) the forward fell from 124 to 58 ms, the input
+# gradient from 116 to 76 ms and the filter gradient from 100 to 62 ms against whole-batch
+# temporaries (medians of 5, interleaved); 256 KiB-2 MiB blocks were all close.
+_BLOCK_BYTES = 512 << 10
 
 
 def _patches(x, ksize, strides, dilations, out=None):
@@ -49,14 +55,27 @@ def _patches(x, ksize, strides, dilations, out=None):
     return out
 
 
+def _chunk(n: int, per_image: int) -> int:
+    """Images per block so that a block's largest temporary stays within ``_BLOCK_BYTES``."""
+    return max(1, min(n, _BLOCK_BYTES // max(per_image, 1)))
+
+
 def _conv(x, w, strides, dilations, out=None, work=None):
+    xp = array_module(x)
     kh, kw, cin, cout = w.shape
-    patches = _patches(x, (kh, kw), strides, dilations, work)
-    n, oh, ow = patches.shape[:3]
-    cols, w2 = patches.reshape(n * oh * ow, kh * kw * cin), w.reshape(kh * kw * cin, cout)
+    n = x.shape[0]
+    oh, ow = _out_hw(x.shape, (kh, kw), strides, dilations)
     if out is None:
-        return (cols @ w2).reshape(n, oh, ow, cout)
-    array_module(x).matmul(cols, w2, out=out.reshape(n * oh * ow, cout))
+        out = xp.empty((n, oh, ow, cout), dtype=x.dtype)
+    c = _chunk(n, oh * ow * kh * kw * cin * x.itemsize)
+    if work is None:
+        work = xp.empty((c, oh, ow, kh, kw, cin), dtype=x.dtype)
+    w2 = w.reshape(kh * kw * cin, cout)
+    for s in range(0, n, c):
+        m = min(n, s + c) - s
+        patches = _patches(x[s:s + m], (kh, kw), strides, dilations, work[:m])
+        xp.matmul(patches.reshape(m * oh * ow, kh * kw * cin), w2,
+                  out=out[s:s + m].reshape(m * oh * ow, cout))
     return out
 
 
@@ -68,14 +87,18 @@ def _backprop_input(g, w, shape, strides, dilations, out=None, part=None):
         out = xp.zeros(shape, dtype=g.dtype)
     else:
         out[...] = 0
-    g2 = g.reshape(n * oh * ow, cout)
+    c = _chunk(n, oh * ow * cin * g.itemsize)
     if part is None:
-        part = xp.empty((n * oh * ow, cin), dtype=g.dtype)
-    view = part.reshape(n, oh, ow, cin)
-    for i in range(kh):
-        for j in range(kw):
-            xp.matmul(g2, w[i, j].T, out=part)
-            out[_window(i, j, oh, ow, strides, dilations)] += view
+        part = xp.empty((c * oh * ow, cin), dtype=g.dtype)
+    for s in range(0, n, c):
+        m = min(n, s + c) - s
+        g2, dx = g[s:s + m].reshape(m * oh * ow, cout), out[s:s + m]
+        block = part[:m * oh * ow]
+        view = block.reshape(m, oh, ow, cin)
+        for i in range(kh):
+            for j in range(kw):
+                xp.matmul(g2, w[i, j].T, out=block)
+                dx[_window(i, j, oh, ow, strides, dilations)] += view
     return out
 
 
@@ -83,23 +106,40 @@ def _backprop_filter(x, g, ksize, strides, dilations, out=None, work=None):
     xp = array_module(x)
     (kh, kw), cin = ksize, x.shape[3]
     n, oh, ow, cout = g.shape
-    g2 = g.reshape(n * oh * ow, cout)
     if out is None:
         out = xp.empty((kh, kw, cin, cout), dtype=g.dtype)
-    if kh * kw * cin <= _ONE_GEMM_MAX_K:
-        # Few input channels (a first layer): the per-tap GEMMs would be matrix-vector
-        # products; the whole patch matrix is small, so one GEMM does it.
-        cols = _patches(x, (kh, kw), strides, dilations, work)
-        xp.matmul(cols.reshape(n * oh * ow, kh * kw * cin).T, g2,
-                  out=out.reshape(kh * kw * cin, cout))
-        return out
-    tap = xp.empty((n, oh, ow, cin), dtype=x.dtype) if work is None else work
-    tap2 = tap.reshape(n * oh * ow, cin)
-    for i in range(kh):
-        for j in range(kw):
-            tap[...] = x[_window(i, j, oh, ow, strides, dilations)]
-            xp.matmul(tap2.T, g2, out=out[i, j])
+    one_gemm = kh * kw * cin <= _ONE_GEMM_MAX_K
+    per_image = oh * ow * (kh * kw * cin if one_gemm else cin) * x.itemsize
+    c = _chunk(n, per_image)
+    if work is None:
+        work = xp.empty((c, oh, ow) + ((kh, kw, cin) if one_gemm else (cin,)), dtype=x.dtype)
+    part = xp.empty((kh * kw * cin, cout) if one_gemm else (cin, cout), dtype=g.dtype)
+    for s in range(0, n, c):
+        m = min(n, s + c) - s
+        g2 = g[s:s + m].reshape(m * oh * ow, cout)
+        if one_gemm:
+            # Few input channels (a first layer): per-tap GEMMs would be matrix-vector
+            # products; the block's patch matrix is small, so one GEMM does it.
+            cols = _patches(x[s:s + m], (kh, kw), strides, dilations, work[:m])
+            dst = out.reshape(kh * kw * cin, cout)
+            xp.matmul(cols.reshape(m * oh * ow, kh * kw * cin).T, g2, out=dst if s == 0 else part)
+            if s:
+                dst += part
+            continue
+        tap = work[:m]
+        tap2 = tap.reshape(m * oh * ow, cin)
+        for i in range(kh):
+            for j in range(kw):
+                tap[...] = x[s:s + m][_window(i, j, oh, ow, strides, dilations)]
+                xp.matmul(tap2.T, g2, out=out[i, j] if s == 0 else part)
+                if s:
+                    out[i, j] += part
     return out
+
+
+def _out_hw(shape, ksize, strides, dilations) -> tuple[int, int]:
+    (kh, kw), (sh, sw), (dh, dw) = ksize, strides, dilations
+    return (shape[1] - (kh - 1) * dh - 1) // sh + 1, (shape[2] - (kw - 1) * dw - 1) // sw + 1
 
 
 @primitive("conv2d", save_args=True)
@@ -154,16 +194,19 @@ def _(gy, ans, xs, shapes, needs, ksize, strides, dilations):
 # ``factory(input_metas, out_meta, params, in_slots, shared) -> kernel(*arrays, out)``: the
 # same functions, with their workspaces (the patch matrix, a tap's window) made once.
 def _conv_kernel(metas, out_meta, params, ins, shared):
-    (_, dt), (wshape, _) = metas
+    (xshape, dt), (wshape, _) = metas
     n, oh, ow, _ = out_meta[0]
-    work = np.empty((n, oh, ow) + tuple(wshape[:3]), dt)
+    c = _chunk(n, oh * ow * int(np.prod(wshape[:3])) * np.dtype(dt).itemsize)
+    work = np.empty((c, oh, ow) + tuple(wshape[:3]), dt)
     s, d = params["strides"], params["dilations"]
     return lambda x, w, out: _conv(x, w, s, d, out=out, work=work)
 
 
 def _backprop_input_kernel(metas, out_meta, params, ins, shared):
     (gshape, dt), (wshape, _) = metas
-    part = np.empty((int(np.prod(gshape[:3])), wshape[2]), dt)
+    n, oh, ow, _ = gshape
+    c = _chunk(n, oh * ow * wshape[2] * np.dtype(dt).itemsize)
+    part = np.empty((c * oh * ow, wshape[2]), dt)
     shape, s, d = params["shape"], params["strides"], params["dilations"]
     return lambda g, w, out: _backprop_input(g, w, shape, s, d, out=out, part=part)
 
@@ -172,8 +215,9 @@ def _backprop_filter_kernel(metas, out_meta, params, ins, shared):
     (xshape, dt), (gshape, _) = metas
     (kh, kw), cin = params["ksize"], xshape[3]
     n, oh, ow, _ = gshape
-    one_gemm = kh * kw * cin <= _ONE_GEMM_MAX_K
-    work = np.empty((n, oh, ow, kh, kw, cin) if one_gemm else (n, oh, ow, cin), dt)
+    window = (kh, kw, cin) if kh * kw * cin <= _ONE_GEMM_MAX_K else (cin,)
+    c = _chunk(n, oh * ow * int(np.prod(window)) * np.dtype(dt).itemsize)
+    work = np.empty((c, oh, ow) + window, dt)
     k, s, d = params["ksize"], params["strides"], params["dilations"]
     return lambda x, g, out: _backprop_filter(x, g, k, s, d, out=out, work=work)
 
