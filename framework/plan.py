@@ -51,7 +51,6 @@ _VIEWS = {"reshape", "transpose", "broadcast_to", "getitem"}
 OUT_KERNELS: dict[Callable, Callable] = {
     operator.ge: np.greater_equal, operator.gt: np.greater, operator.le: np.less_equal,
     operator.lt: np.less, P._positive: lambda a, out: np.greater(a, 0, out=out),
-    PX._first_max_mask: PX._first_max_mask,
 }
 
 
@@ -109,10 +108,20 @@ def _softmax_grad_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
     return kernel
 
 
+def _first_max_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
+                      shared: dict) -> Callable:
+    """Max pooling's first-maximum mask into ``out=``, with its two bool temporaries."""
+    axis = params["axis"]
+    kept = tuple(1 if i in axis else d for i, d in enumerate(metas[0][0]))
+    work = (np.empty(kept, bool), np.empty(kept, bool))
+    return lambda x, ans, out: PX._first_max_mask(x, ans, axis, out=out, work=work)
+
+
 # Kernels with temporaries: ``factory(input_metas, out_meta, params, in_slots, shared)``.
 FACTORIES: dict[Any, Callable] = {
     "sparse_softmax_cross_entropy": _xent_kernel,
     P._softmax_minus_onehot: _softmax_grad_kernel,
+    PX._first_max_mask: _first_max_kernel,
     **CV.PLAN_KERNELS,
 }
 

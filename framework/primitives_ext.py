@@ -286,28 +286,30 @@ def _(g, ans, xs, shapes, needs):
 
 
 # ---------------------------------------------------------------- window maxima (pooling)
-def _first_max_mask(x, ans, axis: tuple, out=None):
+def _first_max_mask(x, ans, axis: tuple, out=None, work=None):
     """1 at the first maximum (row-major over ``axis``) of each window, 0 elsewhere.
 
-    One comparison per window position, on strided views (no transposed copies); ``out``
-    (x's shape and dtype) receives the mask if given (a tp.function plan's buffer).
+    One comparison per window position, on strided views (no transposed copies). ``out``
+    (x's shape and dtype) receives the mask and ``work`` (two bool arrays of one window
+    position's shape) holds the temporaries if given (a tp.function plan's buffers).
     """
     xp = array_module(x)
-    m = ans.reshape(tuple(1 if i in axis else d for i, d in enumerate(x.shape)))
+    kept = tuple(1 if i in axis else d for i, d in enumerate(x.shape))
+    m = ans.reshape(kept)
     if out is None:
         out = xp.empty(x.shape, dtype=x.dtype)
-    taken = None
-    for pos in np.ndindex(*[x.shape[a] for a in axis]):
+    hit, taken = work if work is not None else (xp.empty(kept, bool), xp.empty(kept, bool))
+    for k, pos in enumerate(np.ndindex(*[x.shape[a] for a in axis])):
         index = [slice(None)] * x.ndim
         for a, p in zip(axis, pos):
             index[a] = slice(p, p + 1)
         index = tuple(index)
-        hit = x[index] == m
-        if taken is None:
-            taken = hit
+        xp.equal(x[index], m, out=hit)
+        if k == 0:
+            taken[...] = hit
         else:
-            hit &= ~taken
-            taken |= hit
+            xp.greater(hit, taken, out=hit)  # hit and not taken
+            xp.logical_or(taken, hit, out=taken)
         out[index] = hit
     return out
 
