@@ -18,8 +18,12 @@ TensorFlow's semantics (``tf.function``):
 
 Differences from TensorFlow, by design of a concrete tracer: a ``None`` dimension of an
 ``input_signature`` gets one plan per concrete size met (Python side effects run once per
-size); a call made while an outer ``GradientTape`` records runs the Python function eagerly
-so the outer tape can differentiate it.
+size, and each size counts as a trace); a call made while an outer ``GradientTape`` records
+runs the Python function eagerly so the outer tape can differentiate it; there is no AutoGraph
+(``if`` on a tensor is the error above, as in TF's graph mode without AutoGraph);
+``reduce_retracing`` is accepted and has no effect; random draws in a trace (dropout) are made
+again on every replay, from the global generator, which the dry trace does not advance.
+A ``DistributedGradientTape`` inside a traced function is not supported yet.
 """
 from __future__ import annotations
 
