@@ -380,3 +380,18 @@ def test_convolution_and_pooling_step_replays_bit_for_bit_like_eager():
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_distributed_tape_inside_a_trace_is_refused_clearly():
+    dist = pytest.importorskip("tapeflow.distributed")
+    comm = dist.init("local")
+    w = tp.Variable([1.0, 2.0])
+
+    @tp.function
+    def step(x):
+        with dist.DistributedGradientTape(tp.GradientTape(), comm) as tape:
+            loss = tp.reduce_sum(w * x)
+        return tape.gradient(loss, w)
+
+    with pytest.raises(TypeError, match="DistributedGradientTape inside tp.function"):
+        step(tp.constant([3.0, 4.0]))
