@@ -43,7 +43,8 @@ def test_cli_timeline_has_every_phase(tmp_path):
         [sys.executable, "-m", "tapeflow.launch.train", "--data-dir", root, "--model", "mlp",
          "--hidden", "32", "--epochs", "1", "--train-limit", "256", "--test-limit", "64",
          "--batch-size", "64", "--no-progress", "--checkpoint-dir", str(tmp_path / "ck"),
-         "--timeline", str(trace)], capture_output=True, text=True, timeout=120)
+         "--timeline", str(trace), "--eager"],  # eager steps: each phase separately
+        capture_output=True, text=True, timeout=120)
     assert job.returncode == 0, job.stderr[-2000:]
     names = {e["name"] for e in json.loads(trace.read_text())}
     assert {"data", "forward", "gradient (backward + reduction)", "optimizer",
