@@ -23,7 +23,7 @@ import numpy as np
 from . import _backend
 
 __all__ = ["DeviceSpec", "device", "current_device", "to_device", "device_of",
-           "set_gpu_module", "gpu_module"]
+           "set_gpu_module", "gpu_module", "batch_placer"]
 
 
 class DeviceSpec(NamedTuple):
@@ -105,6 +105,19 @@ def to_device(a, spec):
             # ndarray.copy() under another device's context copies across devices (CuPy).
             return a if int(a.device.id) == spec.index else a.copy()
         return xp.asarray(a)
+
+
+def _same(a):
+    return a
+
+
+def batch_placer(variables):
+    """The explicit copy that puts a host batch where ``variables`` live (the identity for CPU
+    variables, or none): what a training loop applies to each batch it feeds a model."""
+    spec = device_of(variables[0]._value) if variables else CPU
+    if spec == CPU:
+        return _same
+    return lambda a: to_device(a, spec)
 
 
 # -- the device scope ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 from . import callbacks as cbks
 from . import checkpoint as ckpt
 from . import data as tp_data
+from . import devices
 from . import ops
 from . import random as tp_random
 from . import timeline
@@ -113,12 +114,14 @@ def _host(x) -> np.ndarray:
 def evaluate_logs(model: Any, x: np.ndarray, y: np.ndarray,
                   loss_fn: Callable[[Any, Any], Any] = sparse_cross_entropy,
                   metric_fns: dict | None = None, comm: Any = None, batch_size: int = 1000,
-                  prefix: str = "", to_device: Callable[[np.ndarray], Any] = lambda a: a
+                  prefix: str = "", to_device: Callable[[np.ndarray], Any] | None = None
                   ) -> dict[str, float]:
     """Exact mean loss and metrics of ``model`` over ``(x, y)`` in inference mode: each rank
     takes a disjoint contiguous range and the sums are added over ranks (``comm``). Keys:
     ``loss`` and the metric names, after ``prefix``."""
     comm = comm or _NoComm()
+    if to_device is None:  # batches go where the model's variables live
+        to_device = devices.batch_placer(model.variables)
     metric_fns = {"accuracy": sparse_accuracy} if metric_fns is None else metric_fns
     part = tp_data.shard_range(len(x), comm.rank, comm.size)
     sums = np.zeros(len(metric_fns) + 1)
@@ -171,7 +174,8 @@ class Trainer:
     log_every: int = 50
     progress: bool = True
     log: Callable[[str], None] = print
-    to_device: Callable[[np.ndarray], Any] = staticmethod(lambda a: a)
+    # the explicit copy of each batch to the model's device (default: where its variables are)
+    to_device: Callable[[np.ndarray], Any] | None = None
     step: int = 0
     epoch: int = 0
     position: int = 0
@@ -192,6 +196,8 @@ class Trainer:
     def __post_init__(self) -> None:
         if self.comm is None:
             self.comm = _NoComm()
+        if self.to_device is None:
+            self.to_device = devices.batch_placer(self.model.variables)
         if self.batch_size < self.comm.size:
             raise ValueError(f"the global batch size {self.batch_size} must be at least the "
                              f"number of ranks ({self.comm.size})")

@@ -489,7 +489,9 @@ def _main(argv: list[str]) -> int:
                       checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep,
                       checkpoint_every=args.checkpoint_every, metrics_path=args.metrics,
                       log_every=args.log_every, progress=not args.no_progress, log=say,
-                      to_device=to_device, config=run_config(args), use_function=not args.eager)
+                      to_device=to_device, config=run_config(args),
+                      # (tp.function plans are NumPy kernels today: a GPU step runs eagerly)
+                      use_function=not args.eager and args.device == "cpu")
     dist.broadcast_variables(model.variables, root=0, comm=comm)
     try:
         with warnings.catch_warnings(record=True) as skipped:

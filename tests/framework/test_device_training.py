@@ -227,8 +227,8 @@ def test_trainer_fits_checkpoints_and_resumes_on_the_device(tmp_path):
         model = tp.nn.mlp([6, 8, 3], seed=1).to("/GPU:0")
         return model, Trainer(model=model, optimizer=optimizers.Adam(learning_rate=0.1),
                               x_train=x, y_train=y, x_test=x, y_test=y, batch_size=8,
-                              progress=False, log=lambda s: None, checkpoint_dir=str(tmp_path),
-                              to_device=lambda a: devices.to_device(a, "/GPU:0"))
+                              progress=False, log=lambda s: None, checkpoint_dir=str(tmp_path))
+        # (no to_device: batches follow the model's variables to the device by default)
 
     model, trainer = make()
     results = trainer.fit(2)
