@@ -64,8 +64,8 @@ def main(argv=None) -> dict:
                 json.dump({"skipped": reason}, f)
         return {"skipped": reason}
     props = cp.cuda.runtime.getDeviceProperties(0)
-    res: dict = {"device": props["name"].decode(), "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
-                 "cupy": cp.__version__, "numpy": np.__version__, "python": sys.version.split()[0],
+    res: dict = {"device": props["name"].decode(), "cupy": cp.__version__,
+                 "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(), "numpy": np.__version__, "python": sys.version.split()[0],
                  "machine": platform.machine(), "rounds": args.rounds, "rows": []}
     sync = cp.cuda.Device().synchronize
     rng = np.random.default_rng(0)
