@@ -213,6 +213,7 @@ class Trainer:
         self._epoch_sums = self._zero_sums()  # this rank's loss, metric sums, seen
         self._lock: ckpt.DirectoryLock | None = None
         self.resumed_from: int | None = None
+        self.restored_path: str | None = None
 
     def _zero_sums(self) -> list[float]:
         return [0.0] * (len(self.metric_fns) + 2)
@@ -345,29 +346,36 @@ class Trainer:
                         f"{value}: use the same setting, or a new checkpoint directory")
         return None
 
-    def restore(self) -> bool:
+    def restore(self, weights_only: bool = False) -> bool:
         """Restore the newest good checkpoint (falling back past corrupt ones).
 
         Rank 0 reads it and broadcasts model, optimizer and RNG state and the position, so the
         other ranks need no access to the checkpoint directory. A checkpoint that does not fit
         this run (config, seed, batch size, variable shapes, a batch position past the epoch)
-        is a :class:`~tapeflow.checkpoint.CheckpointError` on every rank.
+        is a :class:`~tapeflow.checkpoint.CheckpointError` on every rank. ``weights_only``
+        (to evaluate a checkpoint): only the model's variables, whatever the run's settings
+        and optimizer; the directory is not locked.
         """
         if not self.checkpoint_dir:
             return False
-        self._take_directory()
+        if not weights_only:
+            self._take_directory()
 
         def read():
             found = ckpt.restore_latest(self.checkpoint_dir)
             if found is None:
                 return None
-            problem = self.compatibility_problem(found.extra, found.path)
-            if problem is None and not 0 <= int(found.position) <= self.steps_per_epoch:
+            problem = None if weights_only else self.compatibility_problem(found.extra,
+                                                                           found.path)
+            if problem is None and not 0 <= int(found.position) <= self.steps_per_epoch \
+                    and not weights_only:
                 problem = (f"checkpoint {found.path}: batch position {found.position} is "
                            f"outside the epoch's {self.steps_per_epoch} batches")
             if problem is not None:
                 raise ckpt.CheckpointError(problem)
-            ckpt.restore_training_state(found, model=self.model, optimizer=self.optimizer)
+            ckpt.restore_training_state(found, model=self.model,
+                                        optimizer=None if weights_only else self.optimizer,
+                                        restore_rng=not weights_only)
             return {"path": str(found.path), "step": found.step, "epoch": found.epoch,
                     "position": int(found.position), "rng": tp_random.get_state(),
                     "extra": found.extra}
@@ -379,12 +387,14 @@ class Trainer:
         saved_sums = list(extra.get("epoch_sums") or [])
         if self.is_root and meta["position"] and len(saved_sums) == len(self._epoch_sums):
             self._epoch_sums = saved_sums
-        if self.comm.size > 1:
+        if self.comm.size > 1 and weights_only:
+            sync_variables(self.model.variables, self.comm)
+        elif self.comm.size > 1:
             self._broadcast_state(meta)
         self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
         self.run_id = extra.get("run_id") or self.run_id
-        self.resumed_from = self.step
-        if self.is_root:
+        self.resumed_from, self.restored_path = self.step, meta["path"]
+        if self.is_root and not weights_only:
             self.log(f"resumed from {meta['path']}: step {self.step}, epoch {self.epoch + 1}, "
                      f"batch {self.position}")
         return True

@@ -496,7 +496,8 @@ def _main(argv: list[str]) -> int:
     try:
         with warnings.catch_warnings(record=True) as skipped:
             warnings.simplefilter("always")
-            restored = bool(args.resume or args.evaluate_only) and trainer.restore()
+            restored = bool(args.resume or args.evaluate_only) and trainer.restore(
+                weights_only=args.evaluate_only)
         for w in skipped:  # a damaged newer checkpoint passed over: one line each
             say(f"{PROG}: warning: {w.message}", file=sys.stderr)
     except ckpt.CheckpointError as e:
@@ -507,7 +508,8 @@ def _main(argv: list[str]) -> int:
             return _agreed_exit(comm, 2, f"--evaluate-only: no usable checkpoint in "
                                          f"{args.checkpoint_dir}")
         loss, accuracy = trainer.evaluate(xte, yte)
-        say(f"{args.model} at step {trainer.step} (epoch {trainer.epoch}): test accuracy "
+        say(f"{args.model} in {trainer.restored_path} at step {trainer.step} (epoch "
+            f"{trainer.epoch}): test accuracy "
             f"{accuracy:.4f}, test loss {loss:.4f} on {plural(len(xte), 'image')}")
         return 0
     if args.resume == "require" and not restored:

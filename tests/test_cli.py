@@ -142,6 +142,10 @@ def test_evaluate_only_reports_the_checkpoints_test_accuracy(tmp_path, data_root
     out = capsys.readouterr().out
     assert f"at step 6 (epoch 1): test accuracy {trained}, test loss" in out
     assert "100 images" in out and "epoch 1/" not in out
+    # training settings do not matter to an evaluation; the model's do (checked up front)
+    assert cli.main([*common, "--evaluate-only", "--optimizer", "adam", "--batch-size", "20",
+                     "--seed", "9", "--train-limit", "100"]) == 0
+    assert f"test accuracy {trained}" in capsys.readouterr().out
 
 
 def test_cnn_on_a_few_images(data_root, capsys):
