@@ -248,7 +248,7 @@ class ModelCheckpoint(Callback):
     ``save_freq="epoch"`` saves after each epoch, an int every that many steps.
     ``save_best_only`` saves only when ``monitor`` improved (``mode`` "min", "max" or "auto":
     max for accuracy-like names). ``keep`` newest checkpoints are kept. Collective: every
-    rank runs it, rank 0 writes.
+    rank runs it, rank 0 writes, holding the directory's lock while training runs.
     """
 
     def __init__(self, directory: str | os.PathLike, monitor: str = "val_loss",
@@ -263,6 +263,21 @@ class ModelCheckpoint(Callback):
         self.best: float | None = None
         self.save_freq, self.keep, self.verbose = save_freq, keep, verbose
         self.saved: list[Path] = []
+        self._lock: ckpt.DirectoryLock | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Rank 0 locks the directory (a second run into it is refused) and removes the temp
+        folders of saves that were killed midway."""
+        def take():
+            lock = ckpt.DirectoryLock(self.directory).acquire()
+            ckpt.remove_leftovers(self.directory)
+            return lock
+        self._lock = self.trainer._on_root(take)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if isinstance(self.save_freq, int) and self.trainer.step % self.save_freq == 0:

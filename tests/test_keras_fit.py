@@ -198,6 +198,24 @@ def test_model_checkpoint_saves_atomically_with_the_checkpoint_module(tmp_path):
     assert not [p for p in (tmp_path / "steps").iterdir() if p.name.startswith(".tmp")]
 
 
+def test_model_checkpoint_cleans_killed_saves_and_refuses_a_second_run(tmp_path):
+    junk = tmp_path / "ck" / ".tmp-ckpt-killed"
+    junk.mkdir(parents=True)
+    (junk / "tensors.safetensors").write_bytes(b"x" * 1000)
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(junk.exists())
+            with pytest.raises(ckpt.CheckpointError, match="in use by another run"):
+                ckpt.DirectoryLock(tmp_path / "ck").acquire()
+
+    _compiled().fit(X, Y, epochs=1, verbose=0,
+                    callbacks=[keras.callbacks.ModelCheckpoint(tmp_path / "ck"), Probe()])
+    assert seen == [False]
+    ckpt.DirectoryLock(tmp_path / "ck").acquire().release()  # released at the end
+
+
 def test_csv_and_jsonl_loggers_write_one_row_per_epoch(tmp_path):
     model = _compiled()
     model.fit(X, Y, batch_size=60, epochs=2, verbose=0, validation_data=(XV, YV),
