@@ -204,6 +204,11 @@ def _live_nodes(nodes: list, outputs: list) -> list[bool]:
 def compile_plan(tr, outputs: list) -> Plan:
     """Compile tracer ``tr``'s nodes into a :class:`Plan` returning the ``outputs`` slots."""
     nodes = [n for n, k in zip(tr.nodes, _live_nodes(tr.nodes, outputs)) if k]
+    # Buffers, out= kernels and fused kernels are NumPy's: a trace on another array library
+    # (CuPy, a device) runs every op as it does eagerly, one call per node (still no Tensors,
+    # tapes or dispatch).
+    host = all(isinstance(a, (np.ndarray, np.generic))
+               for a in (*tr.arrays.values(), *tr.const.values()))
     end_all = len(nodes)
     nslots = len(tr.meta)
     last = [-1] * nslots
@@ -263,13 +268,13 @@ def compile_plan(tr, outputs: list) -> Plan:
             continue
         if kind == "assign":
             _, var, method, slot = node
-            ns[f"k{n}"] = _assign_kernel(var, method)
+            ns[f"k{n}"] = _assign_kernel(var, method, host)
             lines[n] = f"k{n}({ref(slot)})"
             steps.append(("assign", var, method, slot))
             continue
         if kind == "call":
             _, fn, args, kwargs, slot_leaves = node
-            ns[f"k{n}"] = _call_kernel(fn, args, kwargs, slot_leaves)
+            ns[f"k{n}"] = _call_kernel(fn, args, kwargs, slot_leaves, host)
             lines[n] = f"k{n}({', '.join(ref(s) for _, s in slot_leaves)})"
             steps.append(("call", fn, tuple(s for _, s in slot_leaves)))
             continue
@@ -277,7 +282,7 @@ def compile_plan(tr, outputs: list) -> Plan:
         args = ", ".join(ref(s) for s in ins)
         if _is_view_node(node):
             kernel = functools.partial(fn, **params) if params else fn
-            if all(s in static for s in ins):
+            if host and all(s in static for s in ins):
                 arr = kernel(*[static[s] for s in ins])
                 if np.shares_memory(arr, static[ins[0]]):
                     static[out] = arr
@@ -288,7 +293,7 @@ def compile_plan(tr, outputs: list) -> Plan:
             lines[n] = f"s{out} = f{n}({args})"
             steps.append(("view", prim, ins, out))
             continue
-        ok = _out_kernel(node, tr.meta, shared)
+        ok = _out_kernel(node, tr.meta, shared) if host else None
         if ok is None:
             ns[f"f{n}"] = functools.partial(fn, **params) if params else fn
             lines[n] = f"s{out} = f{n}({args})"
@@ -337,7 +342,7 @@ def _release_dynamic(lines: dict, nodes: list, last: list, static: dict) -> list
     return out
 
 
-def _assign_kernel(var, method: str) -> Callable:
+def _assign_kernel(var, method: str, host: bool = True) -> Callable:
     # No local reference to the variable's array may be held around _add_/_subtract_: they
     # update in place only when nothing else references it (copy-on-write).
     def assign(a) -> None:
@@ -347,17 +352,19 @@ def _assign_kernel(var, method: str) -> Callable:
             var._add_(a)
         elif method == "assign_sub":
             var._subtract_(a)
-        elif sys.getrefcount(var._value) <= 2 and var._value.shape == a.shape:
+        elif host and sys.getrefcount(var._value) <= 2 and var._value.shape == a.shape:
             np.copyto(var._value, a)  # (counted: var._value and getrefcount's argument)
         else:
             var._value = a.copy()
     return assign
 
 
-def _call_kernel(fn: Callable, args: tuple, kwargs: dict, slot_leaves: list) -> Callable:
+def _call_kernel(fn: Callable, args: tuple, kwargs: dict, slot_leaves: list,
+                 host: bool = True) -> Callable:
     """Re-run a replayed method with this step's tensors; or, if its object offers one
     (``_tp_replay_<method>(*args)``, e.g. SGD's fused update), that kernel on the arrays."""
-    make = getattr(args[0], f"_tp_replay_{getattr(fn, '__name__', '')}", None) if args else None
+    make = getattr(args[0], f"_tp_replay_{getattr(fn, '__name__', '')}", None) \
+        if args and host else None
     if make is not None:  # it gets the traced Tensor arguments' arrays, in order
         kernel = make(*args[1:], **kwargs)
         if kernel is not None:
