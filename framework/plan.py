@@ -209,6 +209,11 @@ def compile_plan(tr, outputs: list) -> Plan:
     # tapes or dispatch).
     host = all(isinstance(a, (np.ndarray, np.generic))
                for a in (*tr.arrays.values(), *tr.const.values()))
+    # Ops whose result shares memory with an input at trace time (a derived identity such as
+    # stop_gradient, any function returning a view) are grouped with that input like views.
+    aliasing = {n for n, node in enumerate(nodes)
+                if host and node[0] == "op" and not _is_view_node(node) and any(
+                    np.may_share_memory(tr.values[node[5]], tr.values[s]) for s in node[3])}
     end_all = len(nodes)
     nslots = len(tr.meta)
     last = [-1] * nslots
@@ -220,6 +225,9 @@ def compile_plan(tr, outputs: list) -> Plan:
             last[s] = n
         if node[0] == "op" and _is_view_node(node):
             parent[node[5]] = node[3][0]
+        elif n in aliasing:
+            parent[node[5]] = next(s for s in node[3]
+                                   if np.may_share_memory(tr.values[node[5]], tr.values[s]))
     for s in outputs:
         last[s] = end_all
 

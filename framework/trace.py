@@ -44,6 +44,7 @@ class Tracer:
         self.name = name
         self.nodes: list[tuple] = []
         self.meta: list[tuple] = []         # slot -> (shape, dtype)
+        self.values: list = []              # slot -> its array at trace time
         self.kind: list[str] = []           # slot -> "input" | "const" | "op" | "read"
         self.const: dict[int, Any] = {}     # slot -> captured array
         self.slot_of: dict[int, int] = {}   # tensor id -> slot
@@ -57,6 +58,7 @@ class Tracer:
     def _new(self, value, kind: str) -> int:
         slot = len(self.meta)
         self.meta.append((value.shape, value.dtype))
+        self.values.append(value)
         self.kind.append(kind)
         if kind != "const":
             self.arrays[id(value)] = value  # kept alive: ids of traced arrays stay unique

@@ -395,3 +395,16 @@ def test_a_distributed_tape_inside_a_trace_is_refused_clearly():
 
     with pytest.raises(TypeError, match="DistributedGradientTape inside tp.function"):
         step(tp.constant([3.0, 4.0]))
+
+
+def test_a_value_that_aliases_a_buffer_keeps_it_alive():
+    @tp.function
+    def f(x):
+        a = x * 2.0
+        b = tp.stop_gradient(a)  # the same array as a, at trace time and on replay
+        c = a + 1.0              # a's last direct use: in place would clobber b
+        return b * 3.0, c
+
+    b, c = f(tp.constant([1.0, 2.0]))
+    np.testing.assert_array_equal(b.numpy(), [6.0, 12.0])
+    np.testing.assert_array_equal(c.numpy(), [3.0, 5.0])
