@@ -7,7 +7,10 @@
 >>> tape.gradient(loss, w).numpy().ravel().tolist()
 [66.0, 88.0]
 """
-from . import checkpoint, data, errors, nn, random, testing
+from ._cli_boot import guard as _guard
+
+_guard()  # tapeflow-train & co.: Ctrl-C while this package loads ends them with one line
+from . import checkpoint, data, errors, nn, random, testing  # noqa: E402
 from .array_ops import *  # noqa: F401,F403
 from .array_ops import __all__ as _array_ops_all
 from .clip_ops import clip_by_global_norm, clip_by_norm
