@@ -408,3 +408,25 @@ def test_a_value_that_aliases_a_buffer_keeps_it_alive():
     b, c = f(tp.constant([1.0, 2.0]))
     np.testing.assert_array_equal(b.numpy(), [6.0, 12.0])
     np.testing.assert_array_equal(c.numpy(), [3.0, 5.0])
+
+
+def test_nested_arguments_keywords_and_variables_as_arguments():
+    traces = []
+
+    @tp.function
+    def f(pair, scale=1.0, *, table):
+        traces.append(1)
+        a, b = pair
+        return {"sum": (a + b) * scale, "dot": tp.reduce_sum(table["w"] * a)}
+
+    w1, w2 = tp.Variable([1.0, 1.0]), tp.Variable([2.0, 0.0])
+    a, b = tp.constant([1.0, 2.0]), tp.constant([3.0, 4.0])
+    r = f([a, b], table={"w": w1})
+    np.testing.assert_array_equal(r["sum"].numpy(), [4.0, 6.0])
+    assert float(r["dot"]) == 3.0
+    w1.assign([0.0, 1.0])                        # replay reads the variable's new value
+    assert float(f([a, b], table={"w": w1})["dot"]) == 2.0
+    assert len(traces) == 1
+    assert float(f([a, b], table={"w": w2})["dot"]) == 2.0  # another Variable: its own trace
+    np.testing.assert_array_equal(f([a, b], 2.0, table={"w": w1})["sum"].numpy(), [8.0, 12.0])
+    assert len(traces) == 3 == f.experimental_get_tracing_count()
