@@ -180,13 +180,20 @@ class Function:
 
     # -- methods ----------------------------------------------------------------------------
     def __get__(self, instance, owner=None):
+        """A method: one bound Function (with its own traces) per instance, kept in the
+        instance's ``__dict__`` (unhashable instances, dataclasses, work too), else weakly."""
         if instance is None:
             return self
-        bound = self._bound.get(instance)
+        slot = f"_tp_function_{id(self):x}"
+        store = getattr(instance, "__dict__", None)
+        bound = store.get(slot) if store is not None else self._bound.get(instance)
         if bound is None:
             bound = Function(functools.partial(self.python_function, instance),
                              self.input_signature, self.reduce_retracing, self.__name__)
-            self._bound[instance] = bound
+            if store is not None:
+                store[slot] = bound
+            else:
+                self._bound[instance] = bound
         return bound
 
     def experimental_get_tracing_count(self) -> int:

@@ -430,3 +430,20 @@ def test_nested_arguments_keywords_and_variables_as_arguments():
     assert float(f([a, b], table={"w": w2})["dot"]) == 2.0  # another Variable: its own trace
     np.testing.assert_array_equal(f([a, b], 2.0, table={"w": w1})["sum"].numpy(), [8.0, 12.0])
     assert len(traces) == 3 == f.experimental_get_tracing_count()
+
+
+def test_methods_of_unhashable_instances_are_traced_per_instance():
+    import dataclasses
+
+    @dataclasses.dataclass  # eq=True: instances are unhashable
+    class Scaler:
+        k: float
+
+        @tp.function
+        def apply(self, x):
+            return x * self.k
+
+    a, b = Scaler(2.0), Scaler(3.0)
+    assert float(a.apply(tp.constant(1.0))) == 2.0 and float(b.apply(tp.constant(1.0))) == 3.0
+    assert a.apply.experimental_get_tracing_count() == 1
+    assert a == Scaler(2.0)  # the cached trace is not a dataclass field
