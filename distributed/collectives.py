@@ -38,6 +38,18 @@ def _tp():
     return tp
 
 
+def _host(t: Any) -> np.ndarray:
+    """MPI staging: a Tensor's values in host memory, where MPI reads them."""
+    return t.numpy()
+
+
+def _like(arr: np.ndarray, t: Any) -> Any:
+    """A collective's result as a Tensor on ``t``'s device (MPI staging, back)."""
+    tp = _tp()
+    y = tp.constant(arr)
+    return y if y.device == t.device else tp.to_device(y, t.device)
+
+
 # -- allreduce ------------------------------------------------------------------------------------
 
 def allreduce(comm: Any, x: Any, op: str = "average") -> Any:
@@ -49,7 +61,7 @@ def allreduce(comm: Any, x: Any, op: str = "average") -> Any:
 
     @tp.custom_gradient
     def _allreduce(t):
-        y = tp.constant(comm._allreduce(t.numpy(), op))
+        y = _like(comm._allreduce(_host(t), op), t)
 
         def grad(g):
             if op in ("sum", "average"):
@@ -78,7 +90,8 @@ def grouped_allreduce(comm: Any, xs: Sequence, op: str = "average") -> list:
 
     @tp.custom_gradient
     def _grouped(*args):
-        ys = [tp.constant(a) for a in comm._grouped_allreduce([t.numpy() for t in args], op)]
+        ys = [_like(a, t) for a, t in zip(comm._grouped_allreduce([_host(t) for t in args], op),
+                                          args)]
         return (ys if len(ys) > 1 else ys[0]), lambda *gs: grouped_allreduce(comm, gs, op)
 
     out = _grouped(*ts)
@@ -97,9 +110,9 @@ def allgather(comm: Any, x: Any) -> Any:
 
     @tp.custom_gradient
     def _allgather(t):
-        parts = comm._allgather(t.numpy())
+        parts = comm._allgather(_host(t))
         rows = [int(np.atleast_1d(p).shape[0]) for p in parts]
-        y = tp.constant(np.concatenate([np.atleast_1d(p) for p in parts], 0))
+        y = _like(np.concatenate([np.atleast_1d(p) for p in parts], 0), t)
 
         def grad(g):
             total = allreduce(comm, g, "sum")
@@ -123,7 +136,7 @@ def broadcast(comm: Any, x: Any = None, root: int = 0) -> Any:
 
     @tp.custom_gradient
     def _broadcast(t):
-        y = tp.constant(comm._broadcast(t.numpy(), root))
+        y = _like(comm._broadcast(_host(t), root), t)
 
         def grad(g):
             total = allreduce(comm, g, "sum")
@@ -154,14 +167,14 @@ def alltoall(comm: Any, x: Any, splits: Any = None) -> Any:
 
     @tp.custom_gradient
     def _alltoall(t):
-        out, received = comm._alltoall(t.numpy(), splits)
+        out, received = comm._alltoall(_host(t), splits)
         got["received"] = received
 
         def grad(g):
             back = alltoall(comm, g, splits=received)
             return back[0]
 
-        return tp.constant(out), grad
+        return _like(out, t), grad
 
     y = _alltoall(x)
     return (y, np.asarray(got["received"], np.int64)) if want_splits else y
@@ -180,7 +193,7 @@ def reducescatter(comm: Any, x: Any, op: str = "sum") -> Any:
 
     @tp.custom_gradient
     def _reducescatter(t):
-        y = tp.constant(comm._reducescatter(t.numpy(), op))
+        y = _like(comm._reducescatter(_host(t), op), t)
 
         def grad(g):
             full = allgather(comm, g)

@@ -25,7 +25,14 @@ def _mpi(**options: Any) -> Communicator:
     return MPICommunicator(**options)
 
 
-_FACTORIES: dict[str, Callable[..., Communicator]] = {"mpi": _mpi, "local": LocalCommunicator}
+def _nccl(**options: Any) -> Communicator:
+    from .nccl import NCCLCommunicator  # imports CuPy: only when asked for
+
+    return NCCLCommunicator(**options)
+
+
+_FACTORIES: dict[str, Callable[..., Communicator]] = {"mpi": _mpi, "nccl": _nccl,
+                                                      "local": LocalCommunicator}
 _current: Communicator | None = None
 
 

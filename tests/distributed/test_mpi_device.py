@@ -54,3 +54,24 @@ def test_device_gradients_average_over_ranks_and_stay_on_the_device(comm, bucket
     opt.apply_gradients(zip(grads, model.trainable_variables))
     assert all(type(v._value) is sd.StrictArray for v in model.variables)
     assert sd.host_reads() == reads  # the staging copies are explicit, no value was read
+
+
+@pytest.mark.mpi
+def test_collectives_of_device_tensors_stay_on_the_device_and_differentiate(comm):
+    from tapeflow import distributed as dist
+
+    with tp.device("/GPU:0"):
+        x = tp.Variable(_x(comm.rank)[0])
+    n = comm.size
+    with tp.GradientTape() as tape:
+        y = dist.allreduce(x * x, op="sum", comm=comm)
+        g = dist.allgather(x, comm=comm)
+        b = dist.broadcast(x, root=0, comm=comm)
+        loss = tp.reduce_sum(y) + tp.reduce_sum(g) + tp.reduce_sum(b)
+    for t in (y, g, b):
+        assert "GPU" in t.device
+    grad = tape.gradient(loss, x)
+    assert "GPU" in grad.device
+    # d/dx of sum_r [sum(allreduce(x^2)) + sum(allgather(x)) + sum(broadcast(x))]
+    want = 2 * n * _x(comm.rank)[0] + n + (n if comm.rank == 0 else 0)
+    np.testing.assert_allclose(tp.to_device(grad, "cpu").numpy(), want, rtol=1e-5)
