@@ -260,12 +260,24 @@ class MPICommunicator(JoinAnswers, Communicator):
             problem = check_op(op, arr.dtype, "allreduce")
             self._agree(Signature("allreduce", op if op in _OPS else None, arr.dtype,
                                   tuple(arr.shape)), _error(problem))
-            out = self._pool.take(arr.nbytes).view(arr.dtype).reshape(arr.shape)
+            out = self._result_buffer(arr)
             np.copyto(out, arr)
             self._reduce_into(out.reshape(-1), op, "allreduce")
             return out
 
         return self._collective("allreduce", body)
+
+    def _result_buffer(self, arr: np.ndarray) -> np.ndarray:
+        """Where a reduction of ``arr`` runs and its result stays: this rank's shared slot when
+        the result takes the shared-memory path and the slot is free (the reduction then runs
+        where the values lie, with one copy in and the others' slices copied back), else a
+        pooled lease. Either way a lease: reused only once the caller dropped the result."""
+        if (self._shm is not None and not self._joined and arr.dtype != np.float16
+                and self._shm.eligible(arr.nbytes, arr.dtype)):
+            whole = self._shm.lend(arr.nbytes)
+            if whole is not None:
+                return whole.view(arr.dtype).reshape(arr.shape)
+        return self._pool.take(arr.nbytes).view(arr.dtype).reshape(arr.shape)
 
     def _grouped_allreduce(self, arrs: list, op: str) -> list:
         def body():
