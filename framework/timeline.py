@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["TIMELINE_ENV", "start", "stop", "span", "instant", "active", "path_for_rank"]
 
@@ -48,7 +48,10 @@ class _Writer:
         return (time.perf_counter_ns() - self._t0) / 1e3
 
     def event(self, ev: dict) -> None:
-        text = json.dumps(ev, separators=(",", ":"))
+        self.write(json.dumps(ev, separators=(",", ":")))
+
+    def write(self, text: str) -> None:
+        """Append one encoded event."""
         with self._lock:
             if self._file is None:
                 return
@@ -99,17 +102,45 @@ def active() -> bool:
     return _writer is not None
 
 
-@contextlib.contextmanager
-def _span(w: _Writer, name: str, cat: str, args: dict) -> Iterator[None]:
-    t = w.now_us()
-    try:
-        yield
-    finally:
-        ev = {"name": name, "cat": cat, "ph": "X", "ts": round(t, 3),
-              "dur": round(w.now_us() - t, 3), "pid": w.rank, "tid": threading.get_ident() % 100000}
-        if args:
-            ev["args"] = args
-        w.event(ev)
+_QUOTED: dict[str, str] = {}
+
+
+def _q(text: str) -> str:
+    """``text`` as a JSON string (cached: phase names repeat every step)."""
+    q = _QUOTED.get(text)
+    if q is None:
+        q = _QUOTED[text] = json.dumps(text)
+    return q
+
+
+def _args(args: dict) -> str:
+    """``,"args":{...}`` for an event (integers, the common case, without json.dumps)."""
+    if not args:
+        return ""
+    if all(type(v) is int for v in args.values()):
+        return ',"args":{' + ",".join(f"{_q(k)}:{v}" for k, v in args.items()) + "}"
+    return f',"args":{json.dumps(args)}'
+
+
+class _Span:
+    """One phase in flight; written as a complete ("X") event when it ends."""
+
+    __slots__ = ("w", "name", "cat", "args", "t0")
+
+    def __init__(self, w: _Writer, name: str, cat: str, args: dict):
+        self.w, self.name, self.cat, self.args = w, name, cat, args
+
+    def __enter__(self) -> "_Span":
+        self.t0 = time.perf_counter_ns()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        w = self.w
+        t0, t1 = self.t0 - w._t0, time.perf_counter_ns() - w._t0
+        args = _args(self.args)
+        w.write(f'{{"name":{_q(self.name)},"cat":{_q(self.cat)},"ph":"X","ts":{t0 / 1e3:.3f},'
+                f'"dur":{(t1 - t0) / 1e3:.3f},"pid":{w.rank},"tid":{threading.get_ident() % 100000}'
+                f'{args}}}')
 
 
 def span(name: str, cat: str = "step", **args: Any):
@@ -117,7 +148,7 @@ def span(name: str, cat: str = "step", **args: Any):
     w = _writer
     if w is None:
         return _NULL
-    return _span(w, name, cat, args)
+    return _Span(w, name, cat, args)
 
 
 def instant(name: str, cat: str = "step", **args: Any) -> None:
@@ -125,8 +156,5 @@ def instant(name: str, cat: str = "step", **args: Any) -> None:
     w = _writer
     if w is None:
         return
-    ev = {"name": name, "cat": cat, "ph": "i", "s": "t", "ts": round(w.now_us(), 3),
-          "pid": w.rank, "tid": threading.get_ident() % 100000}
-    if args:
-        ev["args"] = args
-    w.event(ev)
+    w.write(f'{{"name":{_q(name)},"cat":{_q(cat)},"ph":"i","s":"t","ts":{w.now_us():.3f},'
+            f'"pid":{w.rank},"tid":{threading.get_ident() % 100000}{_args(args)}}}')
