@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .faults import MismatchError
-from .signature import REDUCE_OPS, check_root
+from .signature import REDUCE_OPS, check_op, check_root
 
 __all__ = ["Communicator", "Reducer", "Layout", "LeasePool", "REDUCE_OPS"]
 
@@ -93,6 +93,14 @@ class Layout:
     @property
     def count(self) -> int:
         return sum(int(n) for _, n in self.buckets)
+
+
+def check_layout_op(layout: Layout, op: str) -> None:
+    """``ValueError`` unless every bucket of ``layout`` can be reduced by ``op``."""
+    problem = next((p for d, _ in layout.buckets
+                    if (p := check_op(op, np.dtype(d), "reducer"))), None)
+    if problem:
+        raise ValueError(problem)
 
 
 class Reducer(ABC):

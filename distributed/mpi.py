@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import faults
-from .base import Communicator, Layout, LeasePool, Reducer, even_splits
+from .base import Communicator, Layout, LeasePool, Reducer, check_layout_op, even_splits
 from .faults import COMPUTING, EXITING, WAITING, MismatchError, StatusBoard, Waiter
 from .mpi_join import JOINABLE as _JOINABLE
 from .mpi_join import JoinAnswers
@@ -480,10 +480,7 @@ class MPICommunicator(JoinAnswers, Communicator):
     # -- gradient reduction ------------------------------------------------------------------
     def reducer(self, layout: Layout, op: str = "average", *,
                 check_finite: bool = False) -> Reducer:
-        problem = next((p for d, _ in layout.buckets if (p := check_op(op, np.dtype(d),
-                                                                       "reducer"))), None)
-        if problem:
-            raise ValueError(problem)
+        check_layout_op(layout, op)
         dtypes = {np.dtype(d) for d, _ in layout.buckets}
         if (self._shm is not None and len(dtypes) == 1
                 and self._shm.eligible(sum(layout.nbytes), dtypes.pop())):

@@ -22,10 +22,9 @@ import numpy as np
 from tapeflow import timeline
 from tapeflow._backend import array_module
 
-from .base import Layout, Reducer
-from .signature import check_op
+from .base import Layout, Reducer, check_layout_op
 from .mpi import MPICommunicator
-from .reducers import _CheckedReducer
+from .reducers import InOrderReducer
 from .registry import register_backend
 
 __all__ = ["NCCLCommunicator", "NCCLReducer", "NcclEngine"]
@@ -82,7 +81,7 @@ class NcclEngine:
             self._comm = None
 
 
-class NCCLReducer(_CheckedReducer):
+class NCCLReducer(InOrderReducer):
     """Device buckets reduced by NCCL, one in-place all-reduce per bucket in bucket order,
     launched once the layout check has completed. Fresh buckets every step: the gradients the
     tape hands out are views of them, and the reducer never writes them after ``finish``."""
@@ -97,34 +96,20 @@ class NCCLReducer(_CheckedReducer):
         return [self._engine.empty(np.dtype(d), int(n)) for d, n in self.layout.buckets]
 
     def start(self, tag: int = 0) -> list:
-        self._begin(tag, self._device_buffers)
-        self._ready = [False] * len(self._bufs)
-        self._launched = 0
-        return self._bufs
+        return self._begin_in_order(tag, self._device_buffers)
 
-    def ready(self, bucket: int) -> None:
-        self._ready[bucket] = True
-        self._launch_ready()
+    def _may_launch(self) -> bool:
+        if self._comm._joined:
+            self.cancel()
+            raise NotImplementedError("dist.join with the nccl backend: a joined rank has no "
+                                      "NCCL contribution; use the mpi backend")
+        return True
 
-    def _launch_ready(self) -> None:
-        while self._launched < len(self._bufs) and self._ready[self._launched]:
-            if self._agreement is not None:  # the check completes before any data moves
-                agreement, self._agreement = self._agreement, None
-                try:
-                    self._comm._agree_finish(agreement)
-                except BaseException:
-                    self.cancel()
-                    raise
-                if self._comm._joined:
-                    self.cancel()
-                    raise NotImplementedError("dist.join with the nccl backend: a joined rank "
-                                              "has no NCCL contribution; use the mpi backend")
-            buf = self._bufs[self._launched]
-            if buf.size:
-                timeline.instant("bucket launched", "reduce", bucket=self._launched,
-                                 bytes=buf.nbytes)
-                self._engine.allreduce(buf, self.op)
-            self._launched += 1
+    def _launch(self, i: int) -> None:
+        buf = self._bufs[i]
+        if buf.size:
+            timeline.instant("bucket launched", "reduce", bucket=i, bytes=buf.nbytes)
+            self._engine.allreduce(buf, self.op)
 
     def finish(self) -> bool | None:
         self._ready = [True] * len(self._bufs)
@@ -164,10 +149,7 @@ class NCCLCommunicator(MPICommunicator):
 
     def reducer(self, layout: Layout, op: str = "average", *,
                 check_finite: bool = False) -> Reducer:
-        problem = next((p for d, _ in layout.buckets if (p := check_op(op, np.dtype(d),
-                                                                       "reducer"))), None)
-        if problem:
-            raise ValueError(problem)
+        check_layout_op(layout, op)
         return NCCLReducer(self, layout, op, check_finite)
 
     def close(self) -> None:

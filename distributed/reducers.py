@@ -21,7 +21,7 @@ from tapeflow import timeline
 from .base import Layout, Reducer
 from .signature import Signature
 
-__all__ = ["BucketReducer", "SharedMemoryReducer"]
+__all__ = ["BucketReducer", "SharedMemoryReducer", "InOrderReducer"]
 
 
 def mpi_type(MPI, dtype: np.dtype):
@@ -93,19 +93,14 @@ class _CheckedReducer(Reducer):
             self._comm._leave()
 
 
-class BucketReducer(_CheckedReducer):
-    """One non-blocking ``Iallreduce`` per bucket, launched in bucket order as soon as the
-    bucket is ready, so communication can overlap the rest of the backward sweep (how much
-    MPI advances meanwhile is the library's business: MPICH on CPUs advances it only inside
-    MPI calls). float16 buckets are reduced in float32 (MPI has no float16 arithmetic)."""
+class InOrderReducer(_CheckedReducer):
+    """Buckets launched strictly in bucket order as each becomes ready, every rank in the same
+    sequence; the layout check completes before the first bucket moves. Subclasses launch one
+    bucket (:meth:`_launch`) and may hold launches back (:meth:`_may_launch`)."""
 
-    path = "mpi"
-
-    def start(self, tag: int = 0) -> list:
-        self._begin(tag, self._leases)
+    def _begin_in_order(self, tag: int, buffers) -> list:
+        self._begin(tag, buffers)
         self._ready = [False] * len(self._bufs)
-        self._work: list = [None] * len(self._bufs)
-        self._requests: list = []
         self._launched = 0
         return self._bufs
 
@@ -114,23 +109,56 @@ class BucketReducer(_CheckedReducer):
         self._launch_ready()
 
     def _launch_ready(self) -> None:
-        c = self._comm
-        MPI = c._MPI
         while self._launched < len(self._bufs) and self._ready[self._launched]:
             if self._agreement is not None:  # the check completes before any data moves
                 agreement, self._agreement = self._agreement, None
-                self._fail_safe(c._agree_finish, agreement)
-            if c._joined:  # some ranks joined: one fused reduction in finish()
+                self._fail_safe(self._comm._agree_finish, agreement)
+            if not self._may_launch():
                 return
-            i = self._launched
-            buf = self._bufs[i]
-            work = buf.astype(np.float32) if buf.dtype == np.float16 else buf
-            self._work[i] = work
-            if work.size:
-                timeline.instant("bucket launched", "reduce", bucket=i, bytes=work.nbytes)
-                self._requests.append(c._comm.Iallreduce(
-                    MPI.IN_PLACE, [work, mpi_type(MPI, work.dtype)], op=mpi_op(MPI, self.op)))
+            self._launch(self._launched)
             self._launched += 1
+
+    def _may_launch(self) -> bool:
+        return True
+
+    def _launch(self, i: int) -> None:
+        raise NotImplementedError
+
+    def _fail_safe(self, fn, *args):
+        try:
+            return fn(*args)
+        except BaseException:
+            self.cancel()
+            raise
+
+
+class BucketReducer(InOrderReducer):
+    """One non-blocking ``Iallreduce`` per bucket, launched in bucket order as soon as the
+    bucket is ready, so communication can overlap the rest of the backward sweep (how much
+    MPI advances meanwhile is the library's business: MPICH on CPUs advances it only inside
+    MPI calls). float16 buckets are reduced in float32 (MPI has no float16 arithmetic)."""
+
+    path = "mpi"
+
+    def start(self, tag: int = 0) -> list:
+        self._begin_in_order(tag, self._leases)
+        self._work: list = [None] * len(self._bufs)
+        self._requests: list = []
+        return self._bufs
+
+    def _may_launch(self) -> bool:
+        return not self._comm._joined  # some ranks joined: one fused reduction in finish()
+
+    def _launch(self, i: int) -> None:
+        c = self._comm
+        MPI = c._MPI
+        buf = self._bufs[i]
+        work = buf.astype(np.float32) if buf.dtype == np.float16 else buf
+        self._work[i] = work
+        if work.size:
+            timeline.instant("bucket launched", "reduce", bucket=i, bytes=work.nbytes)
+            self._requests.append(c._comm.Iallreduce(
+                MPI.IN_PLACE, [work, mpi_type(MPI, work.dtype)], op=mpi_op(MPI, self.op)))
 
     def cancel(self) -> None:
         self._work = []
@@ -142,13 +170,6 @@ class BucketReducer(_CheckedReducer):
         finally:
             self._comm._joined = []
             self._comm._leave()
-
-    def _fail_safe(self, fn, *args):
-        try:
-            return fn(*args)
-        except BaseException:
-            self.cancel()
-            raise
 
     def finish(self) -> bool | None:
         c = self._comm

@@ -10,6 +10,8 @@ through the ``SharedMemoryEngine`` itself.
 """
 from __future__ import annotations
 
+import os
+
 import time
 
 import numpy as np
@@ -72,6 +74,8 @@ def engine(comm):
 # -- which path ------------------------------------------------------------------------------
 
 def test_one_node_takes_the_shared_memory_path(comm, mpi_only):
+    if os.environ.get("TAPEFLOW_SHARED_MEMORY", "1") in ("0", "false", "no", "off"):
+        pytest.skip("TAPEFLOW_SHARED_MEMORY turns the shared-memory path off in this run")
     f32 = np.dtype(np.float32)
     big = Layout(buckets=((f32, 1 << 18),), crc=1)           # 1 MiB
     small = Layout(buckets=((f32, 256),), crc=2)             # 1 KiB: MPI's fast path
