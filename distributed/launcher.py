@@ -237,7 +237,7 @@ def run_job(argv: Sequence[str], *, timeout: float | None = None, grace: float =
         proc = subprocess.Popen(list(argv), start_new_session=True)
         while True:
             try:
-                code = proc.wait(timeout=poll)
+                proc.wait(timeout=poll)
                 break
             except subprocess.TimeoutExpired:
                 pass
