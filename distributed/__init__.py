@@ -16,9 +16,10 @@ rank); a stalled collective is reported after ``$TAPEFLOW_STALL_WARN`` s and abo
 after ``$TAPEFLOW_STALL_TIMEOUT`` s. See :mod:`tapeflow.distributed.faults`.
 """
 from .api import (
-    allgather, allgather_object, allreduce, average_metrics, barrier, broadcast,
-    broadcast_object, broadcast_optimizer_state, broadcast_variables, cross_rank, cross_size,
-    alltoall, grouped_allreduce, local_rank, local_size, new_group, rank, reducescatter, size,
+    Average, Max, Min, Product, Sum, allgather, allgather_object, allreduce, alltoall,
+    average_metrics, barrier, broadcast, broadcast_object, broadcast_optimizer_state,
+    broadcast_variables, cross_rank, cross_size, grouped_allreduce, local_rank, local_size,
+    new_group, rank, reducescatter, size,
 )
 from .base import REDUCE_OPS, Communicator, Layout, Reducer
 from .faults import MismatchError
@@ -41,7 +42,7 @@ def __getattr__(name: str):
 __all__ = [
     "init", "get_comm", "register_backend", "available_backends",
     "Communicator", "LocalCommunicator", "MPICommunicator", "Reducer", "Layout", "REDUCE_OPS",
-    "MismatchError",
+    "MismatchError", "Average", "Sum", "Min", "Max", "Product",
     "rank", "size", "local_rank", "local_size", "cross_rank", "cross_size",
     "allreduce", "grouped_allreduce", "allgather", "broadcast", "broadcast_object",
     "allgather_object", "barrier", "alltoall", "reducescatter", "new_group", "join", "Join",

@@ -15,11 +15,26 @@ from .registry import get_comm
 __all__ = ["rank", "size", "local_rank", "local_size", "cross_rank", "cross_size",
            "allreduce", "grouped_allreduce", "allgather", "broadcast", "broadcast_object",
            "allgather_object", "barrier", "alltoall", "reducescatter", "new_group",
-           "broadcast_variables", "broadcast_optimizer_state", "average_metrics"]
+           "broadcast_variables", "broadcast_optimizer_state", "average_metrics",
+           "Average", "Sum", "Min", "Max", "Product"]
 
 
 def _c(comm: Communicator | None) -> Communicator:
     return comm if comm is not None else get_comm()
+
+
+def _root(root: int, root_rank: int | None) -> int:
+    """``root``, or Horovod's spelling ``root_rank=`` (one of the two)."""
+    if root_rank is None:
+        return root
+    if root not in (0, root_rank):
+        raise TypeError(f"pass root or root_rank, not both (got root={root}, "
+                        f"root_rank={root_rank})")
+    return root_rank
+
+
+# Horovod's op constants (hvd.Average ...): the strings every collective takes
+Average, Sum, Min, Max, Product = "average", "sum", "min", "max", "product"
 
 
 def rank() -> int:
@@ -67,14 +82,16 @@ def allgather(x: Any, comm: Communicator | None = None) -> Any:
     return _c(comm).allgather(x)
 
 
-def broadcast(x: Any = None, root: int = 0, comm: Communicator | None = None) -> Any:
-    """Root's ``x`` on every rank."""
-    return _c(comm).broadcast(x, root)
+def broadcast(x: Any = None, root: int = 0, comm: Communicator | None = None, *,
+              root_rank: int | None = None) -> Any:
+    """Root's ``x`` on every rank (``root_rank=`` is accepted, Horovod's spelling)."""
+    return _c(comm).broadcast(x, _root(root, root_rank))
 
 
-def broadcast_object(obj: Any = None, root: int = 0, comm: Communicator | None = None) -> Any:
+def broadcast_object(obj: Any = None, root: int = 0, comm: Communicator | None = None, *,
+                     root_rank: int | None = None) -> Any:
     """Root's JSON-serialisable ``obj`` on every rank (no pickle)."""
-    return _c(comm).broadcast_object(obj, root)
+    return _c(comm).broadcast_object(obj, _root(root, root_rank))
 
 
 def allgather_object(obj: Any, comm: Communicator | None = None) -> list:
@@ -105,15 +122,17 @@ def barrier(comm: Communicator | None = None) -> None:
     _c(comm).barrier()
 
 
-def broadcast_variables(variables, root: int = 0, comm: Communicator | None = None) -> None:
+def broadcast_variables(variables, root: int = 0, comm: Communicator | None = None, *,
+                        root_rank: int | None = None) -> None:
     """Give every rank ``root``'s values (call at start and after restoring a checkpoint);
     every rank must pass the same count, names, shapes and dtypes (checked first)."""
-    _c(comm).broadcast_variables(list(variables), root)
+    _c(comm).broadcast_variables(list(variables), _root(root, root_rank))
 
 
-def broadcast_optimizer_state(optimizer, root: int = 0, comm: Communicator | None = None) -> None:
+def broadcast_optimizer_state(optimizer, root: int = 0, comm: Communicator | None = None, *,
+                              root_rank: int | None = None) -> None:
     """Give every rank ``root``'s optimizer state (after a restore on ``root``)."""
-    _c(comm).broadcast_optimizer_state(optimizer, root)
+    _c(comm).broadcast_optimizer_state(optimizer, _root(root, root_rank))
 
 
 def average_metrics(metrics: dict, comm: Communicator | None = None) -> dict:

@@ -215,7 +215,8 @@ def run_job(argv: Sequence[str], *, timeout: float | None = None, grace: float =
 
     SIGINT, SIGTERM and SIGHUP received here are passed on to the job: as they are to the
     ranks on this machine, and as SIGTERM to mpiexec, which forwards it to every rank without a
-    banner (tapeflow-train saves a checkpoint on the first one it gets). The job is waited for. A job still running ``grace`` seconds after the signal, or a
+    banner (tapeflow-train saves a checkpoint on the first one it gets). The job is waited for.
+    A job still running ``grace`` seconds after the signal, or a
     second signal, is killed (SIGKILL) with every process it started. Descendants are tracked
     while the job runs, and on Linux orphans re-parent here, so none outlives this call.
     Returns the job's status, or ``128 + signum`` of the first signal that stopped it.

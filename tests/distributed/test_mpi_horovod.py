@@ -284,3 +284,18 @@ def test_timeline_records_the_phases_of_a_step(comm, tmp_path):
     assert all(e["pid"] == comm.rank for e in events)
     spans = [e for e in events if e.get("ph") == "X"]
     assert spans and all(e["dur"] >= 0 for e in spans)
+
+
+def test_horovod_spellings(comm):
+    root = comm.size - 1
+    got = dist.broadcast(np.array([float(comm.rank)]), root_rank=root)
+    np.testing.assert_array_equal(got, [float(root)])
+    assert dist.broadcast_object(comm.rank, root_rank=root) == root
+    np.testing.assert_array_equal(dist.allreduce(np.ones(2), op=dist.Sum), np.full(2, comm.size))
+    assert (dist.Average, dist.Min, dist.Max, dist.Product) == ("average", "min", "max",
+                                                                 "product")
+    v = tp.Variable(np.full(2, float(comm.rank)))
+    dist.broadcast_variables([v], root_rank=root)
+    np.testing.assert_array_equal(v.numpy(), [root, root])
+    with pytest.raises(TypeError, match="root or root_rank"):
+        dist.broadcast(np.ones(1), root=1, root_rank=2)
