@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .tensor import _TRACE, Tensor, Variable, _snapshot, convert_to_tensor
+from .tensor import _TRACE, Tensor, Variable, _next_id, _snapshot, convert_to_tensor
 
 __all__ = ["Primitive", "PRIMITIVES", "primitive", "derived", "stop_gradient"]
 
@@ -27,6 +27,10 @@ __all__ = ["Primitive", "PRIMITIVES", "primitive", "derived", "stop_gradient"]
 _ACTIVE: list = []
 
 _NO_PARAMS: dict = {}
+
+# ``_new(Tensor)`` then setting ``_value`` and ``_id`` is ``Tensor(value)`` without the Python
+# frame of ``Tensor.__init__``: the hot paths below build their outputs this way.
+_new = object.__new__
 
 # name -> Primitive: the closed set of operations that carry a derivative rule.
 PRIMITIVES: dict[str, "Primitive"] = {}
@@ -64,11 +68,13 @@ class Primitive:
 
     def __call__(self, *args: Tensor, **params) -> Tensor:
         """Apply to Tensors (already converted); record on every tape watching an input."""
+        out = _new(Tensor)
         if params:
-            out = Tensor(self.fwd(*[a._value for a in args], **params))
+            out._value = value = self.fwd(*[a._value for a in args], **params)
         else:
-            out = Tensor(self.fwd(*[a._value for a in args]))
-        if _ACTIVE and out._value.dtype.kind == "f":
+            out._value = value = self.fwd(*[a._value for a in args])
+        out._id = _next_id()
+        if _ACTIVE and value.dtype.kind == "f":
             _record(self, args, out, params)
         if _TRACE:
             _TRACE[-1].node(self, self.fwd, args, params, out)
@@ -76,9 +82,12 @@ class Primitive:
 
     def call2(self, x: Tensor, y: Tensor) -> Tensor:
         """``self(x, y)`` for parameterless binary primitives: the hot path of arithmetic."""
-        out = Tensor(self.fwd(x._value, y._value))
-        if _ACTIVE and out._value.dtype.kind == "f":
-            _record2(self, x, y, out)
+        xv, yv = x._value, y._value
+        out = _new(Tensor)
+        out._value = value = self.fwd(xv, yv)
+        out._id = _next_id()
+        if _ACTIVE and value.dtype.kind == "f":
+            _record2(self, x, y, out, xv.shape, yv.shape)
         if _TRACE:
             _TRACE[-1].node(self, self.fwd, (x, y), _NO_PARAMS, out)
         return out
@@ -154,19 +163,23 @@ def _record(prim: Primitive, args: tuple, out: Tensor, params: dict) -> None:
         watched.add(out._id)
 
 
-def _record2(prim: Primitive, x: Tensor, y: Tensor, out: Tensor) -> None:
-    """``_record`` unrolled for two arguments and no parameters (arithmetic's hot path)."""
+def _record2(prim: Primitive, x: Tensor, y: Tensor, out: Tensor, xshape: tuple,
+             yshape: tuple) -> None:
+    """``_record`` unrolled for two arguments and no parameters (arithmetic's hot path); the
+    caller passes the input shapes it already read."""
     xid, yid = x._id, y._id
     entry = None
     for tape in _ACTIVE:
         watched = tape._watched
+        # (both sides are visited: a Variable read next to a watched tensor is watched)
         hx = xid in watched or (type(x) is not Tensor and _auto_watch(tape, x))
         hy = yid in watched or (type(y) is not Tensor and _auto_watch(tape, y))
         if not (hx or hy):
             continue
         if entry is None:
-            saved = (_saved(x), _saved(y)) if prim.save_args else None
-            entry = (prim, (xid, yid), (x._value.shape, y._value.shape), saved, out._id,
+            saved = ((x if type(x) is Tensor else _saved(x), y if type(y) is Tensor else _saved(y))
+                     if prim.save_args else None)
+            entry = (prim, (xid, yid), (xshape, yshape), saved, out._id,
                      out if prim.save_ans else None, _NO_PARAMS)
         tape._ops.append(entry)
-        watched.add(out._id)
+        watched.add(entry[4])

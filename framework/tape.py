@@ -49,50 +49,78 @@ def _unbroadcast(g: Tensor, shape: tuple) -> Tensor:
 
 
 def _sweep(ops_list: list, seeds: dict, source_ids: set, watched: set,
-           on_final: Callable[[int, Tensor], None] | None = None) -> dict:
+           on_final: Callable[[int, Tensor], None] | None = None,
+           relevant: set | None = None) -> dict:
     """Reverse sweep from ``seeds`` (id -> cotangent); returns id -> gradient for sources.
+
+    ``relevant``, if given, is the set of ids that depend on a source (the caller knows it when
+    every watched root is a source: then it is ``watched``); else a forward pass finds it.
 
     ``on_final(source_id, grad)``, if given, is called as soon as a source's gradient can no
     longer change: right after the sweep passes the earliest op that reads the source. A
     data-parallel tape starts reducing that gradient while the sweep goes on.
     """
-    relevant = {i for i in source_ids if i in watched}
+    if relevant is None or on_final is not None:
+        relevant, first_use = _relevant(ops_list, source_ids, watched, on_final is not None)
     if not relevant:
         return {}
-    # Forward pass over the record: which tensors depend on a source, and (for on_final)
-    # the earliest op that reads each source.
+    grads = {k: v for k, v in seeds.items() if k in relevant}
+    if on_final is None:
+        _sweep_span(ops_list, grads, source_ids, relevant)
+        return grads
+    # Sweep the record in spans that end (going backwards) at the earliest op reading a source,
+    # and report those sources' gradients between spans.
+    final_at: dict[int, list] = {}
+    for sid, n in first_use.items():
+        final_at.setdefault(n, []).append(sid)
+    end = len(ops_list)
+    for n in sorted(final_at, reverse=True):
+        _sweep_span(ops_list[n:end], grads, source_ids, relevant)
+        _report(final_at[n], grads, on_final)
+        end = n
+    _sweep_span(ops_list[:end], grads, source_ids, relevant)
+    return grads
+
+
+def _relevant(ops_list: list, source_ids: set, watched: set, uses: bool) -> tuple[set, dict]:
+    """A forward pass over the record: the ids that depend on a source and (if ``uses``) the
+    index of the earliest op that reads each source."""
+    relevant = {i for i in source_ids if i in watched}
     first_use: dict[int, int] = {}
+    if not relevant:
+        return relevant, first_use
     for n, entry in enumerate(ops_list):
         for i in entry[1]:
             if i in relevant:
                 relevant.add(entry[4])
-                if on_final is not None:
+                if uses:
                     for j in entry[1]:
                         if j in source_ids and j not in first_use:
                             first_use[j] = n
                 break
-    final_at: dict[int, list] = {}
-    for sid, n in first_use.items():
-        final_at.setdefault(n, []).append(sid)
+    return relevant, first_use
+
+
+def _sweep_span(ops_list: list, grads: dict, source_ids: set, relevant: set) -> None:
+    """Run the records of ``ops_list`` backwards, accumulating cotangents into ``grads``."""
     add = P.add_p.call2
-    is_relevant = relevant.__contains__
-    grads = {k: v for k, v in seeds.items() if k in relevant}
-    n = len(ops_list)
+    pop, get = grads.pop, grads.get
     for prim, ids, shapes, saved, out_id, ans, params in reversed(ops_list):
-        n -= 1
-        if final_at and n + 1 in final_at:
-            _report(final_at.pop(n + 1), grads, on_final)
-        if out_id not in relevant:
-            continue
-        g = grads.get(out_id) if out_id in source_ids else grads.pop(out_id, None)
+        # (only ids that depend on a source ever get a cotangent: no relevance test needed)
+        g = pop(out_id, None)
         if g is None:
             continue
+        if out_id in source_ids:
+            grads[out_id] = g  # a source's gradient stays
         rule = prim.vjp
         if rule is None:
             raise LookupError(f"no derivative rule for operation {prim.name!r}: it cannot be "
                               "differentiated; wrap its input in tp.stop_gradient if no gradient "
                               "should flow through it")
-        needs = tuple(map(is_relevant, ids))
+        if len(ids) == 2:
+            needs = (ids[0] in relevant, ids[1] in relevant)
+        else:
+            needs = tuple([i in relevant for i in ids])
         if params:
             in_grads = rule(g, ans, saved, shapes, needs, **params)
         else:
@@ -102,11 +130,8 @@ def _sweep(ops_list: list, seeds: dict, source_ids: set, watched: set,
                 continue
             if gk._value.shape != shape:
                 gk = _unbroadcast(gk, shape)
-            prev = grads.get(aid)
+            prev = get(aid)
             grads[aid] = gk if prev is None else add(prev, gk)
-    if final_at:
-        _report(final_at.pop(0), grads, on_final)
-    return grads
 
 
 def _report(source_ids: list, grads: dict, on_final) -> None:
@@ -132,6 +157,7 @@ class GradientTape:
         self._watch_accessed = bool(watch_accessed_variables)
         self._ops: list | None = []
         self._watched: set[int] = set()
+        self._roots: set[int] = set()  # ids watched directly (not as a recorded op's output)
         self._variables: list[Variable] = []
         self._recording = False
 
@@ -168,6 +194,7 @@ class GradientTape:
         """Forget everything recorded and watched so far (recording continues)."""
         self._ops = []
         self._watched = set()
+        self._roots = set()
         self._variables = []
 
     # -- watching -------------------------------------------------------------------------
@@ -176,6 +203,7 @@ class GradientTape:
             return  # integer and bool tensors are not differentiable: never watched
         if t._id not in self._watched:
             self._watched.add(t._id)
+            self._roots.add(t._id)
             if isinstance(t, Variable):
                 self._variables.append(t)
 
@@ -205,13 +233,18 @@ class GradientTape:
         """Sweep with this tape paused, unless it is persistent: then, as in TensorFlow, a
         ``gradient()`` called inside its own ``with`` block is recorded by it, so the result
         can be differentiated again with the same tape."""
+        # Every watched id is a root or the output of a recorded op reading a watched id, so when
+        # every root is a source, everything watched depends on a source: the sweep needs no
+        # forward pass to find what does. (Ops a persistent tape records during its own sweep
+        # only add new ids, which no earlier record reads.)
+        relevant = self._watched if self._roots <= source_ids else None
         if self._persistent:
-            return _sweep(self._ops, seeds, source_ids, self._watched, on_final)
+            return _sweep(self._ops, seeds, source_ids, self._watched, on_final, relevant)
         idx = _ACTIVE.index(self) if self in _ACTIVE else None
         if idx is not None:
             _ACTIVE.pop(idx)
         try:
-            return _sweep(self._ops, seeds, source_ids, self._watched, on_final)
+            return _sweep(self._ops, seeds, source_ids, self._watched, on_final, relevant)
         finally:
             if idx is not None:
                 _ACTIVE.insert(min(idx, len(_ACTIVE)), self)
@@ -220,6 +253,7 @@ class GradientTape:
         if not self._persistent:
             self._ops = None
             self._watched = set()
+            self._roots = set()
             if self in _ACTIVE:
                 _ACTIVE.remove(self)
             self._recording = False
