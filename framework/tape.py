@@ -118,9 +118,25 @@ def _sweep_span(ops_list: list, grads: dict, source_ids: set, relevant: set) -> 
                               "differentiated; wrap its input in tp.stop_gradient if no gradient "
                               "should flow through it")
         if len(ids) == 2:
-            needs = (ids[0] in relevant, ids[1] in relevant)
-        else:
-            needs = tuple([i in relevant for i in ids])
+            # Unrolled for two inputs (arithmetic, matmul): no zip, no per-input tuples.
+            a, b = ids
+            na, nb = a in relevant, b in relevant
+            if params:
+                ga, gb = rule(g, ans, saved, shapes, (na, nb), **params)
+            else:
+                ga, gb = rule(g, ans, saved, shapes, (na, nb))
+            if na and ga is not None:
+                if ga._value.shape != shapes[0]:
+                    ga = _unbroadcast(ga, shapes[0])
+                prev = get(a)
+                grads[a] = ga if prev is None else add(prev, ga)
+            if nb and gb is not None:
+                if gb._value.shape != shapes[1]:
+                    gb = _unbroadcast(gb, shapes[1])
+                prev = get(b)
+                grads[b] = gb if prev is None else add(prev, gb)
+            continue
+        needs = tuple([i in relevant for i in ids])
         if params:
             in_grads = rule(g, ans, saved, shapes, needs, **params)
         else:
