@@ -96,7 +96,20 @@ def _binary(prim, op: str):
         out._value = value = prim.fwd(xv, yv)  # (looked up per call: tests swap it)
         out._id = _next_id()
         if _ACTIVE and value.dtype.kind == "f":
-            _record2(prim, x, y, out, xshape, yshape)
+            if len(_ACTIVE) == 1 and type(x) is Tensor and type(y) is Tensor:
+                # One tape, two plain tensors (no Variable to watch or snapshot): ``_record2``
+                # inlined.
+                tape = _ACTIVE[0]
+                watched = tape._watched
+                xid, yid = x._id, y._id
+                if xid in watched or yid in watched:
+                    oid = out._id
+                    tape._ops.append((prim, (xid, yid), (xshape, yshape),
+                                      (x, y) if prim.save_args else None, oid,
+                                      out if prim.save_ans else None, _NO_PARAMS))
+                    watched.add(oid)
+            else:
+                _record2(prim, x, y, out, xshape, yshape)
         if _TRACE:
             _TRACE[-1].node(prim, prim.fwd, (x, y), _NO_PARAMS, out)
         return out
