@@ -209,11 +209,11 @@ class MPICommunicator(JoinAnswers, Communicator):
             if root in joined:
                 raise MismatchError(f"{a.what} #{self._seq} on rank {self._rank}: the root, "
                                     f"rank {root}, has joined (dist.join); nothing was sent")
-            bad = first_difference(sigs[rows], self._rank)
+            bad = first_difference(sigs[rows])
             if bad is not None:
                 bad = rows[bad]
         else:
-            bad = first_difference(sigs, self._rank)
+            bad = first_difference(sigs)
         if bad is not None:
             raise MismatchError(f"{a.what} #{self._seq} on rank {self._rank}: "
                                 + mismatch_message(sigs, bad), sigs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from .faults import MismatchError
-from .reducers import mpi_type
 from .signature import DTYPES, KINDS, Signature, json_bytes
 
 __all__ = ["JoinAnswers", "JOINABLE", "neutral"]
@@ -67,12 +66,10 @@ class JoinAnswers:
             raise MismatchError(f"join on rank {self._rank}: the other ranks broadcast from "
                                 f"rank {sig['root']}, which has joined")
         if kind in ("reduce_gradients", "allreduce"):
+            # what the active ranks reduce with (see reducers.joined_reduce for gradients)
             op, dtype, count = sig["op"], sig["dtype"], sig["count"]
-            values = neutral(op, dtype, count)
-            if kind == "allreduce":
-                self._reduce_into(values, op, "join")
-            else:
-                self._reduce_gradients_as_joined(values)
+            wire = "sum" if kind == "reduce_gradients" and op == "average" else op
+            self._reduce_into(neutral(op, dtype, count), wire, "join")
         elif kind == "broadcast":
             header = np.zeros(66, dtype=np.int64)
             self._wait(self._comm.Ibcast([header, MPI.INT64_T], root=sig["root"]), "join")
@@ -105,13 +102,3 @@ class JoinAnswers:
             recv = np.empty(sum(counts), dtype=np.uint8)
             self._wait(self._comm.Iallgatherv([mine, MPI.BYTE], [recv, (counts, displs),
                                                                  MPI.BYTE]), "join")
-
-    def _reduce_gradients_as_joined(self, neutral: np.ndarray) -> None:
-        MPI = self._MPI
-        if self._shm is not None and self._shm.eligible(neutral.nbytes, neutral.dtype):
-            self._shm.allreduce_([neutral], "sum")
-            return
-        work = neutral.astype(np.float32) if neutral.dtype == np.float16 else neutral
-        if work.size:
-            self._wait(self._comm.Iallreduce(MPI.IN_PLACE, [work, mpi_type(MPI, work.dtype)],
-                                             op=MPI.SUM), "join")

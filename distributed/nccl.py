@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from tapeflow import timeline
+from tapeflow import devices, timeline
 from tapeflow._backend import array_module
 
 from .base import Layout, Reducer, check_layout_op
 from .mpi import MPICommunicator
-from .reducers import InOrderReducer
+from .reducers import InOrderReducer, joined_reduce
 from .registry import register_backend
 
 __all__ = ["NCCLCommunicator", "NCCLReducer", "NcclEngine"]
@@ -99,11 +99,22 @@ class NCCLReducer(InOrderReducer):
         return self._begin_in_order(tag, self._device_buffers)
 
     def _may_launch(self) -> bool:
-        if self._comm._joined:
-            self.cancel()
-            raise NotImplementedError("dist.join with the nccl backend: a joined rank has no "
-                                      "NCCL contribution; use the mpi backend")
-        return True
+        return not self._comm._joined  # some ranks joined: one host-staged reduction in finish
+
+    def _finish_joined(self) -> bool | None:
+        """While ranks are inside ``dist.join`` they answer over MPI (they hold no NCCL
+        buckets): stage the device buckets to the host explicitly, reduce them as the MPI
+        reducer does then, and copy the results back to the device."""
+        bufs, self._bufs = self._bufs, []
+        try:
+            host = [devices.to_device(b, "cpu") for b in bufs]  # MPI staging, device -> host
+            joined_reduce(self._comm, host, self.op)
+            for b, h in zip(bufs, host):
+                b[...] = devices.to_device(h, devices.device_of(b))  # MPI staging, back
+        finally:
+            self._comm._joined = []
+            self._comm._leave()
+        return _finite_on_device(bufs) if self.check_finite else None
 
     def _launch(self, i: int) -> None:
         buf = self._bufs[i]
@@ -114,6 +125,8 @@ class NCCLReducer(InOrderReducer):
     def finish(self) -> bool | None:
         self._ready = [True] * len(self._bufs)
         self._launch_ready()
+        if self._comm._joined:
+            return self._finish_joined()
         try:
             with timeline.span("wait for buckets", "reduce", buckets=len(self._bufs)):
                 self._engine.synchronize()
@@ -127,8 +140,12 @@ class NCCLReducer(InOrderReducer):
         self._comm._leave()
         if not self.check_finite:
             return None
-        # one explicit host read per bucket: whether every reduced value is finite
-        return all(bool(array_module(b).isfinite(b).all()) for b in bufs if b.dtype.kind == "f")
+        return _finite_on_device(bufs)
+
+
+def _finite_on_device(bufs: list) -> bool:
+    """Whether every reduced value is finite (one explicit host read per bucket)."""
+    return all(bool(array_module(b).isfinite(b).all()) for b in bufs if b.dtype.kind == "f")
 
 
 class NCCLCommunicator(MPICommunicator):

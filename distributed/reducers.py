@@ -12,6 +12,7 @@ this rank's shared slot when the previous one is no longer held.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from tapeflow import timeline
 from .base import Layout, Reducer
 from .signature import Signature
 
-__all__ = ["BucketReducer", "SharedMemoryReducer", "InOrderReducer"]
+__all__ = ["BucketReducer", "SharedMemoryReducer", "InOrderReducer", "joined_reduce"]
 
 
 def mpi_type(MPI, dtype: np.dtype):
@@ -42,7 +43,7 @@ def _check_signature(layout: Layout, op: str, tag: int) -> Signature:
                      tag=tag)
 
 
-def _joined_reduce(comm: Any, bufs: list, op: str) -> None:
+def joined_reduce(comm: Any, bufs: list, op: str) -> None:
     """Reduce every bucket as one fused buffer while some ranks have joined (they contribute
     zeros of the same length); an average counts only the ranks still stepping."""
     if len({b.dtype for b in bufs}) != 1:
@@ -121,8 +122,9 @@ class InOrderReducer(_CheckedReducer):
     def _may_launch(self) -> bool:
         return True
 
+    @abstractmethod
     def _launch(self, i: int) -> None:
-        raise NotImplementedError
+        """Start reducing bucket ``i`` (its values are final)."""
 
     def _fail_safe(self, fn, *args):
         try:
@@ -166,7 +168,7 @@ class BucketReducer(InOrderReducer):
 
     def _fail_safe_joined(self, bufs: list) -> None:
         try:
-            _joined_reduce(self._comm, bufs, self.op)
+            joined_reduce(self._comm, bufs, self.op)
         finally:
             self._comm._joined = []
             self._comm._leave()
@@ -225,7 +227,7 @@ class SharedMemoryReducer(_CheckedReducer):
             agreement, self._agreement = self._agreement, None
             c._agree_finish(agreement)
             if c._joined:
-                _joined_reduce(c, self._bufs, self.op)
+                joined_reduce(c, self._bufs, self.op)
                 finite = _finite(self._bufs) if self.check_finite else None
             else:
                 finite = c._shm.allreduce_(self._bufs, self.op, check_finite=self.check_finite)

@@ -190,7 +190,7 @@ class Signature:
         return text + (f" at step {f[13]}" if f[13] else "")
 
 
-def first_difference(sigs: np.ndarray, me: int) -> int | None:
+def first_difference(sigs: np.ndarray) -> int | None:
     """The first rank whose signature differs from the others' (``None``: all agree).
 
     Fields set to ``ANY`` on a rank constrain nothing; the reference for each field is the first
@@ -211,7 +211,6 @@ def first_difference(sigs: np.ndarray, me: int) -> int | None:
                 return r
         if row[14]:
             return r
-    del me
     return None
 
 

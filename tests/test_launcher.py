@@ -111,8 +111,6 @@ mode = sys.argv[1]
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
                          start_new_session=True, stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-with open(os.path.join(sys.argv[2], f"pids-{rank}"), "w") as f:
-    f.write(f"{os.getpid()} {child.pid}")
 if mode == "stubborn":
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
@@ -125,6 +123,9 @@ else:
         sys.exit(128 + signum)
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, stop)
+# announced only once the handlers are in place: a signal from now on is the test's
+with open(os.path.join(sys.argv[2], f"pids-{rank}"), "w") as f:
+    f.write(f"{os.getpid()} {child.pid}")
 time.sleep(120)
 """
 
@@ -151,7 +152,7 @@ def _start_job(tmp_path: Path, mpiexec: str, job_env: dict, mode: str, grace: fl
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the ranks did not start within 60 s"
         time.sleep(0.05)
-    time.sleep(0.3)  # let the launcher see its descendants once
+    time.sleep(1.0)  # let the launcher see its descendants (it looks every 0.2 s) under load
     pids = [int(x) for f in tmp_path.glob("pids-*") for x in f.read_text().split()]
     return proc, pids
 

@@ -29,7 +29,10 @@ def mnist_env() -> dict:
         tp.data.load_mnist(download=False)
     except tp.data.DatasetError:
         pytest.skip("MNIST is not available locally (set TAPEFLOW_DATA_DIR)")
-    return dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    if env.get("TAPEFLOW_DATA_DIR"):  # the examples run in other folders: no relative path
+        env["TAPEFLOW_DATA_DIR"] = os.path.abspath(env["TAPEFLOW_DATA_DIR"])
+    return env
 
 
 def _accuracies(out: str) -> list[float]:

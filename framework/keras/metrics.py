@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 import numpy as np
@@ -55,7 +56,7 @@ def binary_accuracy(y_true: Any, y_pred: Any, threshold: float = 0.5) -> Tensor:
     return constant(hit.mean(axis=-1))
 
 
-class Metric:
+class Metric(ABC):
     """Base of stateful metrics: ``update_state(...)``, ``result()`` (a float32 scalar
     Tensor), ``reset_state()``; calling the metric updates it and returns the result."""
 
@@ -72,8 +73,9 @@ class Metric:
         value = self._total / self._count if self._count else 0.0
         return constant(np.asarray(value, dtype=self.dtype))
 
+    @abstractmethod
     def update_state(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must define update_state")
+        """Fold a batch into the running totals."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         self.update_state(*args, **kwargs)

@@ -102,3 +102,25 @@ def test_nccl_reducer_reports_non_finite_gradients(nccl_comm):
     grads = tape.gradient(loss, model.trainable_variables)
     assert tape.skipped and grads == [None] * len(grads)
     assert tape.nonfinite_ranks == [0]
+
+
+def test_nccl_reducer_under_join_counts_only_active_ranks(nccl_comm):
+    from tapeflow import distributed as dist
+
+    with tp.device("/GPU:0"):
+        w = tp.Variable(np.zeros(3, np.float32))
+    steps = 2 if nccl_comm.rank == 0 else 1  # rank 0 takes one step more
+    got = []
+    with dist.join(comm=nccl_comm):
+        for _ in range(steps):
+            with DistributedGradientTape(tp.GradientTape(), nccl_comm) as tape:
+                loss = tp.reduce_sum(w * float(nccl_comm.rank + 1))
+            g = tape.gradient(loss, w)
+            assert "GPU" in g.device
+            got.append(tp.to_device(g, "cpu").numpy().tolist())
+    n = nccl_comm.size
+    if n == 1:
+        want = [[1.0] * 3, [1.0] * 3]
+    else:  # both ranks step first (the average of 1..n), then rank 0 alone (its own 1.0)
+        want = [[sum(range(1, n + 1)) / n] * 3] + ([[1.0] * 3] if nccl_comm.rank == 0 else [])
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-6)
