@@ -268,7 +268,11 @@ def validate(args: argparse.Namespace) -> None:
                          "the job) and --checkpoint-dir DIR (where a restart resumes from)")
     if args.checkpoint_dir:
         check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
-        if os.path.isdir(args.checkpoint_dir) and not args.evaluate_only:
+        # Probed by the launcher or a single process only: the ranks of one job would take
+        # the probe lock from each other (rank 0 then fails alone while rank 1 waits in MPI
+        # start-up). In a job, rank 0 takes the lock and a refusal reaches every rank.
+        if (os.path.isdir(args.checkpoint_dir) and not args.evaluate_only
+                and launcher_size() == 1):
             from tapeflow import checkpoint as ckpt
 
             try:  # another job training into this directory right now

@@ -418,6 +418,37 @@ def test_mistakes_under_mpiexec_print_one_line_from_rank_0(tmp_path, mpiexec, jo
         assert done.stderr.startswith("tapeflow-train: error: ") and message in done.stderr
 
 
+def test_ranks_of_one_job_do_not_probe_the_checkpoint_lock(tmp_path, monkeypatch):
+    """Each rank probing the lock took it from the other now and then: rank 0 failed alone
+    ("in use by another run (pid unknown)") while rank 1 waited in MPI start-up for ever.
+    Inside a job the probe is left to the trainer (rank 0 locks, every rank hears)."""
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", "1")
+    with ckpt.DirectoryLock(busy):
+        args = cli.build_parser().parse_args(["--checkpoint-dir", str(busy)])
+        cli.validate(args)  # no refusal from a rank's argument check
+        monkeypatch.setenv("PMI_SIZE", "1")
+        monkeypatch.setenv("PMI_RANK", "0")
+        with pytest.raises(cli.UsageError, match="in use by another run"):
+            cli.validate(args)
+
+
+def test_a_job_on_a_checkpoint_dir_in_use_ends_on_every_rank(tmp_path, data_root, mpiexec,
+                                                            job_env):
+    job_env.update(_env(tmp_path))
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    cmd = [mpiexec, "-n", "2", sys.executable, "-m", "tapeflow.launch.train",
+           *_mlp_args(data_root, "--epochs", "1", "--checkpoint-dir", str(busy))]
+    with ckpt.DirectoryLock(busy):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=job_env, timeout=120)
+    assert done.returncode != 0, done
+    assert f"in use by another run (pid {os.getpid()})" in done.stderr, done.stderr
+    assert "epoch 1/" not in done.stdout
+
+
 def test_ctrl_c_on_np_2_saves_once_prints_one_line_and_leaves_no_process(tmp_path, data_root):
     from tapeflow.distributed import launcher
 
