@@ -32,7 +32,16 @@ import numpy as np
 from .faults import MismatchError
 from .signature import REDUCE_OPS, check_op, check_root
 
-__all__ = ["Communicator", "Reducer", "Layout", "LeasePool", "REDUCE_OPS"]
+__all__ = ["Communicator", "Reducer", "Layout", "LeasePool", "REDUCE_OPS", "all_finite"]
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """Whether every value of host array ``a`` is finite, without a temporary of its size
+    (``isfinite(a).all()`` makes a bool array as large as a gradient bucket on every step):
+    NaN propagates through ``max``/``min`` and an infinity is one of them."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return True
+    return bool(np.isfinite(a.max()) and np.isfinite(a.min()))
 
 # -- buffers with explicit ownership --------------------------------------------------------------
 

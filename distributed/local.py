@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Communicator, Layout, LeasePool, Reducer
+from .base import Communicator, Layout, LeasePool, Reducer, all_finite
 from .signature import check_dtype, check_op, check_root, json_bytes, json_load
 
 __all__ = ["LocalCommunicator", "LocalReducer"]
@@ -40,7 +40,7 @@ class LocalReducer(Reducer):
         bufs, self._bufs = self._bufs, []
         if not self.check_finite:
             return None
-        return all(bool(np.isfinite(b).all()) for b in bufs if b.dtype.kind == "f")
+        return all(all_finite(b) for b in bufs)
 
 
 class LocalCommunicator(Communicator):

@@ -19,7 +19,7 @@ import numpy as np
 
 from tapeflow import timeline
 
-from .base import Layout, Reducer
+from .base import Layout, Reducer, all_finite
 from .signature import Signature
 
 __all__ = ["BucketReducer", "SharedMemoryReducer", "InOrderReducer", "joined_reduce"]
@@ -60,7 +60,7 @@ def joined_reduce(comm: Any, bufs: list, op: str) -> None:
 
 
 def _finite(bufs: list) -> bool:
-    return all(bool(np.isfinite(b).all()) for b in bufs if b.dtype.kind == "f")
+    return all(all_finite(b) for b in bufs)
 
 
 class _CheckedReducer(Reducer):

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .base import all_finite
 from .faults import MismatchError, Waiter
 
 __all__ = ["SharedMemoryEngine", "DEFAULT_MIN_BYTES"]
@@ -301,7 +302,7 @@ class SharedMemoryEngine:
                 np.divide(acc, self._world, out=acc)
         if acc.dtype != dtype:
             np.copyto(segs[self._me][lo:hi], acc, casting="unsafe")
-        return int(bool(np.isfinite(acc).all())) if check_finite else 1
+        return int(all_finite(acc)) if check_finite else 1
 
     def _mismatch(self, meta: list) -> str:
         ops = {v: k for k, v in _OPS.items()}

@@ -23,6 +23,7 @@ Safety, on by default:
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import weakref
@@ -34,7 +35,7 @@ import numpy as np
 from tapeflow import devices, nest, timeline
 from tapeflow._backend import array_module
 from tapeflow.tape import GradientTape, UnconnectedGradients
-from tapeflow.tensor import Tensor, Variable
+from tapeflow.tensor import _TRACE, Tensor, Variable
 
 from .base import Communicator, Layout, Reducer
 from .signature import KINDS, text_crc
@@ -147,6 +148,12 @@ class DistributedGradientTape:
         self.skipped = self.reduced = False
         self.nonfinite_ranks = []  # of this call only (a persistent tape is called again)
         acc = self.accumulation
+        if _TRACE:
+            if acc is not None:
+                raise TypeError("DistributedGradientTape(accumulation=...) inside tp.function: "
+                                "the accumulation count would be frozen into the trace; "
+                                "accumulate eagerly, or trace one step of the group")
+            return nest.pack_as(sources, self._traced(leaves, target, output_gradients, mode))
         if acc is not None and acc.count + 1 < acc.steps:
             local = self._tape._gradient_by_id(target, leaves, output_gradients)
             self._accumulate(acc, leaves, local)
@@ -192,27 +199,52 @@ class DistributedGradientTape:
     def _reduce(self, plan: _Plan, bufs: list, leaves: list, pos_of: dict, sweep: Callable,
                 acc, mode) -> list:
         reducer = plan.reducer
-        for b, buf in zip(plan.buckets, bufs):
-            b.buf, b.pending = buf, len(b.members)
-            buf[b.total:] = 0  # presence flags
+        _begin(plan, bufs)
         ready_during = [0]
 
         def on_final(sid: int, g: Tensor) -> None:
-            b_idx, m = plan.where[pos_of[sid]]
-            b = plan.buckets[b_idx]
-            self._pack(b, m, pos_of[sid], g._value, acc)
-            b.pending -= 1
-            if b.pending == 0:
-                timeline.instant("bucket ready", "reduce", bucket=b_idx, bytes=b.buf.nbytes)
-                reducer.ready(b_idx)
+            if self._pack_final(plan, pos_of[sid], g._value, acc):
                 ready_during[0] += 1
 
         t0 = time.perf_counter()
         with timeline.span("backward", "step"):
             local = sweep(on_final)
         t_sweep = time.perf_counter()
-        # Sources the sweep never reached (unconnected here) travel as zeros, flagged absent
-        # unless accumulated gradients stand in for them.
+        self._complete(plan, leaves, local, acc)
+        with timeline.span("reduce (finish)", "reduce", path=reducer.path):
+            finite = reducer.finish()
+        self.stats = {"backward_s": t_sweep - t0,
+                      "exposed_wait_s": time.perf_counter() - t_sweep,
+                      "launched_during_backward": ready_during[0],
+                      "buckets": len(plan.buckets), "reduction": reducer.path,
+                      "shared_memory": reducer.path == "shared-memory",
+                      "bytes": sum(buf.nbytes for buf in bufs)}
+        if finite is False:
+            self._on_nonfinite(leaves, local)
+            return [None] * len(leaves)
+        out = []
+        for k, s in enumerate(leaves):
+            g = _unpack(plan, k, s)
+            if g is None and mode is UnconnectedGradients.ZERO:
+                g = array_module(s._value).zeros(s.shape, s.dtype)
+            out.append(None if g is None else Tensor(g))
+        return out
+
+    def _pack_final(self, plan: _Plan, k: int, g, acc) -> bool:
+        """Pack source ``k``'s final gradient; a full bucket goes to the reducer (True)."""
+        b_idx, m = plan.where[k]
+        b = plan.buckets[b_idx]
+        self._pack(b, m, k, g, acc)
+        b.pending -= 1
+        if b.pending:
+            return False
+        timeline.instant("bucket ready", "reduce", bucket=b_idx, bytes=b.buf.nbytes)
+        plan.reducer.ready(b_idx)
+        return True
+
+    def _complete(self, plan: _Plan, leaves: list, local: dict, acc) -> None:
+        """Sources the sweep never reached (unconnected here) travel as zeros, flagged absent
+        unless accumulated gradients stand in for them; every bucket goes to the reducer."""
         for b_idx, b in enumerate(plan.buckets):
             if not b.pending:
                 continue
@@ -228,34 +260,42 @@ class DistributedGradientTape:
                     off, n = b.offsets[m], b.sizes[m]
                     b.buf[off:off + n] = 0
             b.pending = 0
-            reducer.ready(b_idx)
-        with timeline.span("reduce (finish)", "reduce", path=reducer.path):
-            finite = reducer.finish()
-        self.stats = {"backward_s": t_sweep - t0,
-                      "exposed_wait_s": time.perf_counter() - t_sweep,
-                      "launched_during_backward": ready_during[0],
-                      "buckets": len(plan.buckets), "reduction": reducer.path,
-                      "shared_memory": reducer.path == "shared-memory",
-                      "bytes": sum(buf.nbytes for buf in bufs)}
-        if finite is False:
-            self._on_nonfinite(leaves, local)
-            return [None] * len(leaves)
-        out = []
+            plan.reducer.ready(b_idx)
+
+    # -- inside tp.function ----------------------------------------------------------------------
+    def _traced(self, leaves: list, target, output_gradients, mode) -> list:
+        """The reduction recorded into the trace as three kinds of plan nodes: start (before the
+        backward sweep), pack (right after the op that makes each gradient final, so a full
+        bucket is reduced while the sweep goes on, as eagerly) and finish (the reduced
+        gradients). The trace is dry: nothing is communicated until the first replay."""
+        tracer = _TRACE[-1]
+        plan = self._plan(leaves)
+        pos_of = {s._id: k for k, s in enumerate(leaves)}
+        replay = _Replay(self, plan, leaves)
+        tracer.effect(replay.start)
+        packed: list[int] = []
+
+        def on_final(sid: int, g: Tensor) -> None:
+            packed.append(pos_of[sid])
+            tracer.effect(functools.partial(replay.pack, pos_of[sid]), (g,))
+
+        local = self._tape._gradient_by_id(target, leaves, output_gradients, on_final=on_final)
         for k, s in enumerate(leaves):
-            b_idx, m = plan.where[k]
-            b = plan.buckets[b_idx]
-            if b.buf[b.total + m] == 0:
-                out.append(Tensor(array_module(s._value).zeros(s.shape, s.dtype)) if mode is
-                           UnconnectedGradients.ZERO else None)
-                continue
-            off, n = b.offsets[m], b.sizes[m]
-            g = b.buf[off:off + n].reshape(s.shape)
-            if type(g) is not type(s._value):
-                g = _stage(g, s._value)  # a host (MPI) bucket back to the source's device
-            if b.dtype != s.dtype:
-                g = g.astype(s.dtype)
-            out.append(Tensor(g))
-        return out
+            if k not in packed and s._id in local:
+                packed.append(k)
+                tracer.effect(functools.partial(replay.pack, k), (local[s._id],))
+        replay.present = sorted(packed)
+        outs = [Tensor(local[leaves[k]._id]._value.astype(leaves[k].dtype, copy=True))
+                for k in replay.present]
+        tracer.effect(replay.finish, (), tuple(outs), guard=replay.skip)
+        results: list = [None] * len(leaves)
+        for k, t in zip(replay.present, outs):
+            results[k] = t
+        if mode is UnconnectedGradients.ZERO:
+            for k, s in enumerate(leaves):
+                if results[k] is None:
+                    results[k] = Tensor(array_module(s._value).zeros(s.shape, s.dtype))
+        return results
 
     def _accumulate(self, acc: GradientAccumulation, leaves: list, local: dict) -> None:
         for k, s in enumerate(leaves):
@@ -352,6 +392,108 @@ class DistributedGradientTape:
         plan = _Plan(buckets=buckets, where=where, reducer=reducer)
         plans[key] = plan
         return plan
+
+
+def _begin(plan: _Plan, bufs: list) -> None:
+    """This step's buffers into the buckets, presence flags cleared."""
+    for b, buf in zip(plan.buckets, bufs):
+        b.buf, b.pending = buf, len(b.members)
+        buf[b.total:] = 0
+
+
+def _unpack(plan: _Plan, k: int, s: Tensor):
+    """Source ``k``'s reduced gradient (a view of its bucket, on ``s``'s device and dtype), or
+    None where it was absent on every rank."""
+    b_idx, m = plan.where[k]
+    b = plan.buckets[b_idx]
+    if b.buf[b.total + m] == 0:
+        return None
+    off, n = b.offsets[m], b.sizes[m]
+    g = b.buf[off:off + n].reshape(s.shape)
+    if type(g) is not type(s._value):
+        g = _stage(g, s._value)  # a host (MPI) bucket back to the source's device
+    if b.dtype != s.dtype:
+        g = g.astype(s.dtype)
+    return g
+
+
+class _Replay:
+    """A traced ``DistributedGradientTape.gradient`` as plan kernels (see ``_traced``).
+
+    A non-finite reduced gradient sets :attr:`skip` (the plan's guard): with
+    ``nonfinite="skip"`` the state changes that follow in the traced function (the optimizer
+    step) are not made on that replay, on every rank, and ``tape.skipped`` is True; with
+    ``"raise"`` the replay raises ``FloatingPointError`` on every rank."""
+
+    def __init__(self, tape: DistributedGradientTape, plan: _Plan, leaves: list):
+        self.tape, self.plan, self.leaves = tape, plan, leaves
+        self.present: list[int] = []
+        self.skip = [False]
+        self.active = False
+        self.during = 0  # buckets handed to the reducer during the sweep, this replay
+
+    def _fail(self, exc: BaseException) -> BaseException:
+        self.plan.reducer.cancel()
+        self.active = False
+        for b in self.plan.buckets:
+            b.buf = None
+        if isinstance(exc, MismatchError) and _between_tapes(exc):
+            return self.tape._layout_mismatch(self.leaves, exc)
+        return exc
+
+    def start(self) -> None:
+        plan, tape = self.plan, self.tape
+        if self.active:  # the last replay stopped half way (an exception in the sweep)
+            plan.reducer.cancel()
+        tape.skipped = tape.reduced = False
+        tape.nonfinite_ranks = []
+        self.skip[0] = False
+        self.during = 0
+        plan.steps += 1
+        try:
+            _begin(plan, plan.reducer.start(tag=plan.steps))
+        except BaseException as exc:
+            raise self._fail(exc) from None
+        self.active = True
+
+    def pack(self, k: int, g) -> None:
+        try:
+            self.during += self.tape._pack_final(self.plan, k, g, None)
+        except BaseException as exc:
+            raise self._fail(exc) from None
+
+    def finish(self) -> tuple:
+        plan, tape = self.plan, self.tape
+        try:
+            tape._complete(plan, self.leaves, {}, None)
+            finite = plan.reducer.finish()
+            extra = [k for k in range(len(self.leaves)) if k not in self.present
+                     and _unpack(plan, k, self.leaves[k]) is not None]
+            if extra:
+                raise ValueError(
+                    f"DistributedGradientTape inside tp.function: gradient #{extra[0]} is None "
+                    "on this rank (at trace time) but not on every rank; a traced step needs "
+                    "the same connected sources on every rank")
+            outs = tuple(_unpack(plan, k, self.leaves[k]) for k in self.present)
+        except BaseException as exc:
+            raise self._fail(exc) from None
+        self.active = False
+        for b in plan.buckets:  # only the caller's gradients keep this step's buffers
+            b.buf = None
+        tape.stats = {"buckets": len(plan.buckets), "reduction": plan.reducer.path,
+                      "launched_during_backward": self.during,
+                      "shared_memory": plan.reducer.path == "shared-memory"}
+        if finite is False:
+            msg = (f"non-finite reduced gradient in tp.function step {plan.steps}; every rank "
+                   "skips this step's updates")
+            if tape.nonfinite == "raise":
+                raise FloatingPointError(msg.replace("skips this step's updates",
+                                                     "stops (nonfinite='raise')"))
+            tape.skipped = self.skip[0] = True
+            if tape.comm.rank == 0:
+                print(f"tapeflow: {msg}", file=sys.stderr, flush=True)
+        tape.reduced = True
+        return outs
 
 
 def _stage(a, like):

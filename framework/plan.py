@@ -195,6 +195,9 @@ def _live_nodes(nodes: list, outputs: list) -> list[bool]:
         elif kind == "assign":
             keep[n] = True
             needed.add(node[3])
+        elif kind == "fn":
+            keep[n] = True
+            needed.update(node[2])
         else:  # call
             keep[n] = True
             needed.update(s for _, s in node[4])
@@ -219,8 +222,7 @@ def compile_plan(tr, outputs: list) -> Plan:
     last = [-1] * nslots
     parent = list(range(nslots))  # view -> viewed slot
     for n, node in enumerate(nodes):
-        ins = node[3] if node[0] == "op" else (node[3],) if node[0] == "assign" else \
-            tuple(s for _, s in node[4]) if node[0] == "call" else ()
+        ins = _in_slots(node)
         for s in ins:
             last[s] = n
         if node[0] == "op" and _is_view_node(node):
@@ -266,8 +268,23 @@ def compile_plan(tr, outputs: list) -> Plan:
         busy.append(-1)
         return len(buffers) - 1
 
+    guards: list[str] = []                    # cells of "fn" nodes that skip later changes
+
+    def guarded(line: str) -> str:
+        return f"if not ({' or '.join(c + '[0]' for c in guards)}): {line}" if guards else line
+
     for n, node in enumerate(nodes):
         kind = node[0]
+        if kind == "fn":
+            _, kernel, ins, outs, guard = node
+            ns[f"k{n}"] = kernel
+            call = f"k{n}({', '.join(ref(s) for s in ins)})"
+            lines[n] = f"{''.join(f's{o}, ' for o in outs)}= {call}" if outs else call
+            if guard is not None:
+                ns[f"c{n}"] = guard
+                guards.append(f"c{n}")
+            steps.append(("fn", kernel, ins, outs))
+            continue
         if kind == "read":
             var, slot = node[1], node[2]
             ns[f"v{slot}"] = var
@@ -277,13 +294,13 @@ def compile_plan(tr, outputs: list) -> Plan:
         if kind == "assign":
             _, var, method, slot = node
             ns[f"k{n}"] = _assign_kernel(var, method, host)
-            lines[n] = f"k{n}({ref(slot)})"
+            lines[n] = guarded(f"k{n}({ref(slot)})")
             steps.append(("assign", var, method, slot))
             continue
         if kind == "call":
             _, fn, args, kwargs, slot_leaves = node
             ns[f"k{n}"] = _call_kernel(fn, args, kwargs, slot_leaves, host)
-            lines[n] = f"k{n}({', '.join(ref(s) for _, s in slot_leaves)})"
+            lines[n] = guarded(f"k{n}({', '.join(ref(s) for _, s in slot_leaves)})")
             steps.append(("call", fn, tuple(s for _, s in slot_leaves)))
             continue
         _, prim, fn, ins, params, out = node
@@ -328,6 +345,16 @@ def compile_plan(tr, outputs: list) -> Plan:
         ns.setdefault(f"a{s}", arr)
     exec(compile(source, "<tp.function plan>", "exec"), ns)
     return Plan(ns["_plan"], source, steps, buffers)
+
+
+def _in_slots(node) -> tuple:
+    """The slots a node reads."""
+    kind = node[0]
+    if kind in ("op", "call"):
+        return node[3] if kind == "op" else tuple(s for _, s in node[4])
+    if kind == "assign":
+        return (node[3],)
+    return node[2] if kind == "fn" else ()
 
 
 def _release_dynamic(lines: dict, nodes: list, last: list, static: dict) -> list:

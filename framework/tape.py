@@ -20,7 +20,7 @@ from . import nest, ops
 from . import primitives as P
 from .recording import (  # noqa: F401  (re-exported: the tape's historical names)
     _ACTIVE, PRIMITIVES, Primitive, _record, _record2, primitive, stop_gradient)
-from .tensor import _TRACE, Tensor, Variable, convert_to_tensor
+from .tensor import Tensor, Variable, convert_to_tensor
 
 __all__ = ["GradientTape", "Primitive", "PRIMITIVES", "primitive", "stop_gradient",
            "UnconnectedGradients"]
@@ -309,10 +309,6 @@ class GradientTape:
                         on_final=None) -> dict:
         """The sweep behind ``gradient``: source id -> gradient (absent if unconnected)."""
         self._check_alive("gradient")
-        if on_final is not None and _TRACE:
-            raise TypeError("a DistributedGradientTape inside tp.function is not supported yet:"
-                            " its reduction would be frozen into the trace. Use a plain "
-                            "GradientTape in the traced function, or run the step eagerly")
         targets = nest.flatten(target)
         if not targets or any(t is None for t in targets):
             raise ValueError(f"gradient target must be a Tensor or a structure of Tensors, got "

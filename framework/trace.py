@@ -17,7 +17,11 @@ Node kinds (tuples, first field the kind):
 * ``("read", var, out_slot)`` -- the Variable's current array;
 * ``("assign", var, method_name, in_slot)`` -- ``assign`` / ``assign_add`` / ``assign_sub``;
 * ``("call", fn, args, kwargs, slot_leaves)`` -- re-run ``fn`` with the traced Tensor leaves of
-  ``args`` rebuilt from ``slot_leaves`` (a list of ``(leaf_index, slot)``).
+  ``args`` rebuilt from ``slot_leaves`` (a list of ``(leaf_index, slot)``);
+* ``("fn", kernel, in_slots, out_slots, guard)`` -- a host effect recorded by
+  :meth:`Tracer.effect` (a ``DistributedGradientTape``'s reduction: start, pack, finish):
+  ``kernel(*in_arrays)`` returns the arrays of ``out_slots``; a ``guard`` (a one-item list)
+  set true by the kernel skips the state changes after it in that replay.
 """
 from __future__ import annotations
 
@@ -140,6 +144,19 @@ class Tracer:
         self.nodes.append(("assign", var, method, slot))
         self.slot_of.pop(var._id, None)  # later reads see the new value
         return var
+
+    def effect(self, kernel: Callable, ins: tuple = (), outs: tuple = (),
+               guard: list | None = None) -> None:
+        """Record ``kernel(*arrays of ins) -> arrays of outs``, run (only) on every replay, in
+        this place among the nodes: ``outs`` are Tensors made for the trace (their values
+        stand in for the kernel's results while tracing)."""
+        in_slots = tuple(self.slot(t) for t in ins)
+        out_slots = []
+        for t in outs:
+            slot = self._new(t._value, "op")
+            self.slot_of[t._id] = slot
+            out_slots.append(slot)
+        self.nodes.append(("fn", kernel, in_slots, tuple(out_slots), guard))
 
     def call(self, fn: Callable, args: tuple, kwargs: dict):
         args = tuple(list(a) if _is_iterator(a) else a for a in args)

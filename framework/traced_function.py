@@ -12,7 +12,10 @@ TensorFlow's semantics (``tf.function``):
   match it (``None`` is any size), and a Python argument is an error;
 * Variables may be created on the first trace only; later traces that create one raise;
 * inside: ``GradientTape`` (persistent, nested), ``custom_gradient``, ``Variable.assign*``
-  and ``Optimizer.apply_gradients`` are part of the plan and run on every call;
+  and ``Optimizer.apply_gradients`` are part of the plan and run on every call; so is a
+  ``DistributedGradientTape``'s reduction, each bucket handed to the reducer right after the
+  replayed op that completes it (overlapping the rest of the sweep, as eagerly); a non-finite
+  reduced step skips the state changes that follow it (``nonfinite="skip"``);
 * Python control flow on a traced tensor's value (``if loss > 0:``, ``float(t)``,
   ``t.numpy()``) raises :class:`trace.TraceError` at trace time: the branch would be frozen.
 
@@ -23,7 +26,8 @@ runs the Python function eagerly so the outer tape can differentiate it; there i
 (``if`` on a tensor is the error above, as in TF's graph mode without AutoGraph);
 ``reduce_retracing`` is accepted and has no effect; random draws in a trace (dropout) are made
 again on every replay, from the global generator, which the dry trace does not advance.
-A ``DistributedGradientTape`` inside a traced function is not supported yet.
+Inside a trace a ``DistributedGradientTape`` cannot accumulate (``accumulation=``), and the
+gradients it returns are the ones connected on this rank at trace time.
 """
 from __future__ import annotations
 

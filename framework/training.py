@@ -153,8 +153,9 @@ class Trainer:
     ``config`` (JSON data, e.g. the model and optimizer names) is stored in each checkpoint;
     :meth:`restore` refuses a checkpoint whose config, seed or batch size differ.
     ``metrics_path`` adds a :class:`~tapeflow.callbacks.JSONLLogger`, ``progress`` a
-    :class:`~tapeflow.callbacks.ProgbarLogger`. ``use_function`` runs each single-process
-    step through ``tp.function`` (traced once per batch shape, then a static plan).
+    :class:`~tapeflow.callbacks.ProgbarLogger`. ``use_function`` runs each step through
+    ``tp.function`` (traced once per batch shape, then a static plan; on several ranks the
+    distributed tape's reduction is part of the plan and overlaps the replayed sweep).
     """
 
     model: Any
@@ -192,6 +193,7 @@ class Trainer:
     use_function: bool = False
     _stop_signal: int | None = field(default=None, init=False, repr=False)
     _step_fn: Any = field(default=None, init=False, repr=False)
+    _step_tapes: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.comm is None:
@@ -228,21 +230,33 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step
     def _traced(self) -> bool:
-        """Whether steps run through ``tp.function``: asked for, in one process, plain tape."""
-        return self.use_function and self.comm.size == 1 and self.gradient_tape is GradientTape
+        """Whether steps run through ``tp.function`` (a distributed tape's reduction is part
+        of the replay, overlapping its backward sweep)."""
+        return self.use_function
 
     def _function_step(self, xt: Tensor, yt: Tensor, scale: float):
         if self._step_fn is None:
+            tapes = self._step_tapes
+
             def step(xt, yt, scale):
-                with GradientTape() as tape:
+                tape = self.gradient_tape()
+                tapes.append(tape)  # one per trace: each replay says whether it skipped
+                with tape:
                     outputs = self.model(xt, training=True)
                     loss = ops.multiply(ops.reduce_sum(self.loss_fn(yt, outputs)), scale)
                 grads = tape.gradient(loss, self.variables)
+                # Skipped on a replay whose reduced gradients are not finite (every rank).
                 self.optimizer.apply_gradients(zip(grads, self.variables))
                 return loss, outputs
             self._step_fn = function(step)
+        for tape in self._step_tapes:
+            if getattr(tape, "skipped", False):
+                tape.skipped = False
         with timeline.span("step (tp.function)"):
-            return self._step_fn(xt, yt, scale)
+            out = self._step_fn(xt, yt, scale)
+        if any(getattr(tape, "skipped", False) for tape in self._step_tapes):
+            self.skipped_steps += 1
+        return out
 
     def train_step(self, x, y, global_count: int) -> np.ndarray:
         """One optimizer step on this rank's shard; returns its sums: loss, each metric."""

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import tapeflow as tp
+import tapeflow.distributed as dist
 from tapeflow.optimizers import SGD, Adam
 from tapeflow.trace import TraceError
 
@@ -382,21 +383,6 @@ def test_convolution_and_pooling_step_replays_bit_for_bit_like_eager():
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_distributed_tape_inside_a_trace_is_refused_clearly():
-    dist = pytest.importorskip("tapeflow.distributed")
-    comm = dist.init("local")
-    w = tp.Variable([1.0, 2.0])
-
-    @tp.function
-    def step(x):
-        with dist.DistributedGradientTape(tp.GradientTape(), comm) as tape:
-            loss = tp.reduce_sum(w * x)
-        return tape.gradient(loss, w)
-
-    with pytest.raises(TypeError, match="DistributedGradientTape inside tp.function"):
-        step(tp.constant([3.0, 4.0]))
-
-
 def test_a_value_that_aliases_a_buffer_keeps_it_alive():
     @tp.function
     def f(x):
@@ -447,3 +433,153 @@ def test_methods_of_unhashable_instances_are_traced_per_instance():
     assert float(a.apply(tp.constant(1.0))) == 2.0 and float(b.apply(tp.constant(1.0))) == 3.0
     assert a.apply.experimental_get_tracing_count() == 1
     assert a == Scaler(2.0)  # the cached trace is not a dataclass field
+
+
+# -- DistributedGradientTape inside tp.function (the local communicator; the same under
+# mpiexec -n 2: tests/distributed/test_mpi_function.py). The reduction is part of the replay:
+# start before the sweep, each gradient packed right after the op that makes it final (a full
+# bucket goes to the reducer while the sweep continues), finish returning the reduced
+# gradients.
+
+
+@pytest.fixture
+def comm():
+    return dist.init("local")
+
+
+def _step(comm, vs, opt, bucket_bytes=1 << 20, nonfinite="skip", keep=None):
+    def step(x, y):
+        tape = dist.DistributedGradientTape(tp.GradientTape(), comm,
+                                            bucket_bytes=bucket_bytes, nonfinite=nonfinite)
+        if keep is not None:
+            keep.append(tape)
+        with tape:
+            loss = _loss(vs, x, y)
+        grads = tape.gradient(loss, vs)
+        opt.apply_gradients(zip(grads, vs))
+        return loss, grads
+    return step
+
+
+@pytest.mark.parametrize("bucket_bytes", [1 << 20, 64])
+@pytest.mark.parametrize("make_opt", [lambda: SGD(0.1, momentum=0.9), lambda: Adam(0.01)])
+def test_traced_distributed_steps_equal_eager_ones_bit_for_bit(comm, bucket_bytes, make_opt):
+    runs = []
+    for traced in (False, True):
+        vs, opt = _mlp(), make_opt()
+        step = _step(comm, vs, opt, bucket_bytes)
+        fn = tp.function(step) if traced else step
+        out = [fn(tp.constant(x), tp.constant(y)) for x, y in _batches() * 2]
+        runs.append(([float(loss) for loss, _ in out], [[g.numpy() for g in gs] for _, gs in out],
+                     [v.numpy() for v in vs]))
+    assert runs[0][0] == runs[1][0]
+    for ge, gt in zip(runs[0][1], runs[1][1]):
+        for a, b in zip(ge, gt):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(runs[0][2], runs[1][2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_buckets_are_reduced_during_the_replayed_sweep(comm):
+    vs, keep = _mlp(), []
+    fn = tp.function(_step(comm, vs, SGD(0.1), bucket_bytes=64, keep=keep))
+    (x, y), = _batches(1)
+    fn(tp.constant(x), tp.constant(y))
+    fn(tp.constant(x), tp.constant(y))
+    assert fn.experimental_get_tracing_count() == 1
+    stats = keep[0].stats
+    assert stats["buckets"] == 4  # each variable above 64 bytes: one bucket each
+    # Every bucket but the one finished last in the sweep went to the reducer before it ended
+    assert stats["launched_during_backward"] == 4
+    source = fn.get_concrete_function(tp.constant(x), tp.constant(y)).plan.source
+    lines = source.splitlines()
+    first_pack = next(i for i, line in enumerate(lines) if line.strip().startswith("k")
+                      and "(a" in line)
+    assert any(line.strip().startswith("f") for line in lines[first_pack + 1:-3]), source
+
+
+def test_a_held_reduced_gradient_is_not_overwritten_by_the_next_replay(comm):
+    vs = _mlp()
+    fn = tp.function(_step(comm, vs, SGD(0.1)))
+    (x1, y1), (x2, y2) = _batches(2)
+    _, g1 = fn(tp.constant(x1), tp.constant(y1))
+    kept = [g.numpy().copy() for g in g1]
+    _, g2 = fn(tp.constant(x2), tp.constant(y2))
+    for a, g in zip(kept, g1):
+        np.testing.assert_array_equal(a, g.numpy())
+    assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(g1, g2))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("nonfinite", ["skip", "raise"])
+def test_a_nonfinite_step_skips_or_raises_on_replay(comm, nonfinite, capsys):
+    vs, keep = _mlp(), []
+    fn = tp.function(_step(comm, vs, SGD(0.1), nonfinite=nonfinite, keep=keep))
+    (x, y), = _batches(1)
+    fn(tp.constant(x), tp.constant(y))
+    before = [v.numpy().copy() for v in vs]
+    bad = x.copy()
+    bad[0, 0] = np.inf
+    if nonfinite == "raise":
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            fn(tp.constant(bad), tp.constant(y))
+    else:
+        fn(tp.constant(bad), tp.constant(y))
+        assert keep[0].skipped
+        assert "skips this step" in capsys.readouterr().err
+    for a, v in zip(before, vs):  # no update was made
+        np.testing.assert_array_equal(a, v.numpy())
+    fn(tp.constant(x), tp.constant(y))  # the next finite step updates again
+    assert not keep[0].skipped
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before, vs))
+
+
+def test_gradient_accumulation_inside_a_trace_is_refused_clearly(comm):
+    vs = _mlp()
+
+    @tp.function
+    def step(x, y):
+        with dist.DistributedGradientTape(tp.GradientTape(), comm,
+                                          accumulation=dist.GradientAccumulation(2)) as tape:
+            loss = _loss(vs, x, y)
+        return tape.gradient(loss, vs)
+
+    (x, y), = _batches(1)
+    with pytest.raises(TypeError, match="accumulation.*inside tp.function"):
+        step(tp.constant(x), tp.constant(y))
+
+
+def test_unconnected_sources_follow_the_eager_rule(comm):
+    w, unused = tp.Variable([1.0, 2.0]), tp.Variable([3.0])
+
+    def step(x, mode):
+        with dist.DistributedGradientTape(tp.GradientTape(), comm) as tape:
+            loss = tp.reduce_sum(w * x)
+        return tape.gradient(loss, [w, unused], unconnected_gradients=mode)
+
+    fn = tp.function(step)
+    x = tp.constant([3.0, 4.0])
+    for mode in ("none", "zero"):
+        eager, traced = step(x, mode), fn(x, mode)
+        np.testing.assert_array_equal(eager[0].numpy(), traced[0].numpy())
+        if mode == "none":
+            assert eager[1] is None and traced[1] is None
+        else:
+            np.testing.assert_array_equal(traced[1].numpy(), [0.0])
+
+
+def test_steady_state_distributed_replay_allocates_no_full_size_array(comm):
+    vs = _mlp(sizes=(256, 1024, 10))
+    (x, y), = _batches(1, b=64, d=256, k=10)
+
+    @tp.function
+    def step(x, y):
+        with dist.DistributedGradientTape(tp.GradientTape(), comm) as tape:
+            loss = _loss(vs, x, y)
+        grads = tape.gradient(loss, vs)
+        for v, g in zip(vs, grads):
+            v.assign_sub(0.05 * g)
+        return loss
+    peak = _peak_bytes(step, x, y)
+    # W1 alone is 1 MiB and the bucket 1.04 MiB: neither is made again on a replay
+    assert peak < 64 * 1024, peak

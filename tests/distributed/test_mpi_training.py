@@ -40,13 +40,13 @@ class _Recording(Trainer):
         return loss, correct
 
 
-def _trainer(comm, batch_size, data=None, cls=_Recording):
+def _trainer(comm, batch_size, data=None, cls=_Recording, traced=False):
     xtr, ytr, xte, yte = data if data is not None else _dataset()
     model = tp.nn.mlp([FEATURES, 16, 10], seed=0)
     opt = optimizers.get("sgd", learning_rate=0.1, momentum=0.9)
     kwargs = {} if comm is None else {"comm": comm, "gradient_tape": tape_factory(comm)}
     t = cls(model, opt, xtr, ytr, xte, yte, batch_size=batch_size, seed=5, progress=False,
-            log=lambda s: None, log_every=0, **kwargs)
+            log=lambda s: None, log_every=0, use_function=traced, **kwargs)
     if comm is not None:
         broadcast_variables(model.variables, root=0, comm=comm)
     return t
@@ -70,8 +70,8 @@ def _assert_identical_on_all_ranks(comm, params: np.ndarray) -> None:
         np.testing.assert_array_equal(p, parts[0], err_msg=f"rank {r} parameters differ")
 
 
-def _check_world_size_invariance(comm, batch_size, epochs):
-    dist_t = _trainer(comm, batch_size)
+def _check_world_size_invariance(comm, batch_size, epochs, traced=False):
+    dist_t = _trainer(comm, batch_size, traced=traced)
     dist_res = dist_t.fit(epochs)
     ref = _trainer(None, batch_size)
     ref_res = ref.fit(epochs)
@@ -98,16 +98,28 @@ def _check_world_size_invariance(comm, batch_size, epochs):
     assert dist_t.skipped_steps == 0
 
 
+# ``traced``: each step through tp.function, the reduction part of the replayed plan
 @pytest.mark.mpi
-def test_fifty_steps_match_a_single_process(comm):
+@pytest.mark.parametrize("traced", [False, True])
+def test_fifty_steps_match_a_single_process(comm, traced):
     # 800 examples, global batch 32: 25 steps per epoch, 50 steps in all
-    _check_world_size_invariance(comm, batch_size=32, epochs=2)
+    _check_world_size_invariance(comm, batch_size=32, epochs=2, traced=traced)
 
 
 @pytest.mark.mpi
-def test_uneven_split_of_the_global_batch(comm):
+@pytest.mark.parametrize("traced", [False, True])
+def test_uneven_split_of_the_global_batch(comm, traced):
     # 33 does not divide by 2 or 4: shards of 17 + 16 (or 9 + 8 + 8 + 8); last batch 8
-    _check_world_size_invariance(comm, batch_size=33, epochs=1)
+    _check_world_size_invariance(comm, batch_size=33, epochs=1, traced=traced)
+
+
+@pytest.mark.mpi
+def test_traced_steps_train_exactly_like_eager_ones_on_every_rank(comm):
+    eager, traced = _trainer(comm, 33), _trainer(comm, 33, traced=True)
+    eager.fit(1)
+    traced.fit(1)
+    assert [r[0] for r in traced.records] == [r[0] for r in eager.records]
+    np.testing.assert_array_equal(_params(traced), _params(eager))
 
 
 @pytest.mark.mpi
@@ -140,14 +152,16 @@ def test_batch_smaller_than_world_is_refused(comm):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_nonfinite_step_is_skipped_by_every_rank(comm):
+@pytest.mark.parametrize("traced", [False, True])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_nonfinite_step_is_skipped_by_every_rank(comm, traced):
     from tapeflow import data
 
     xtr, ytr, xte, yte = _dataset()
     xtr = xtr.copy()
     first = next(data.batches(N_TRAIN, 32, seed=5, epoch=0))
     xtr[first[-1], 0] = np.nan  # one example in the last rank's shard of step 1
-    t = _trainer(comm, 32, data=(xtr, ytr, xte, yte))
+    t = _trainer(comm, 32, data=(xtr, ytr, xte, yte), traced=traced)
     t.fit(1)
     assert t.skipped_steps == 1  # on every rank, not only the last
     params = _params(t)
@@ -166,12 +180,13 @@ def test_local_trainer_with_local_communicator_matches_no_comm():
 
 
 @pytest.mark.mpi
-def test_last_batch_smaller_than_the_world(comm):
+@pytest.mark.parametrize("traced", [False, True])
+def test_last_batch_smaller_than_the_world(comm, traced):
     # 65 examples, global batch 32: the last batch has 1 example, so ranks 1.. get empty shards;
     # a 1-example test set leaves ranks 1.. without evaluation work
     xtr, ytr, xte, yte = _dataset()
     data = (xtr[:65], ytr[:65], xte[:1], yte[:1])
-    dist_t, ref = _trainer(comm, 32, data=data), _trainer(None, 32, data=data)
+    dist_t, ref = _trainer(comm, 32, data=data, traced=traced), _trainer(None, 32, data=data)
     d_res, r_res = dist_t.fit(2), ref.fit(2)
     assert dist_t.step == ref.step == 6
     np.testing.assert_allclose(_global_step_losses(dist_t, comm),
