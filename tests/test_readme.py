@@ -93,6 +93,12 @@ def test_distributed_loop_example_on_two_ranks(tmp_path, mnist_env, mpiexec):
     assert _accuracies(out)[-1] > 0.96, out
 
 
+def test_function_example_traces_twice_and_trains_on_two_ranks(tmp_path, mnist_env, mpiexec):
+    out = _on_two_ranks("function_loop.py", tmp_path, mnist_env, mpiexec)
+    assert out.count("traces") == 1 and out.startswith("2 traces, "), out  # rank 0 prints
+    assert _accuracies(out)[-1] > 0.95, out
+
+
 def test_fit_example_runs_unchanged_on_two_ranks(tmp_path, mnist_env, mpiexec):
     out = _on_two_ranks("fit.py", tmp_path, mnist_env, mpiexec)
     lines = [x for x in out.splitlines() if x.startswith("epoch ")]
