@@ -31,10 +31,10 @@ def _window(i, j, oh, ow, strides, dilations):
     return (slice(None), slice(r, r + sh * (oh - 1) + 1, sh), slice(q, q + sw * (ow - 1) + 1, sw))
 
 
-# Filter gradients with at most this many patch columns (kh*kw*Cin) use one GEMM on the patch
-# matrix: for the MNIST CNN's first layer (128x28x28x1 -> 32, 3x3, one thread) nine per-tap
-# GEMMs took 46 ms, one GEMM 10 ms. (Its forward keeps the K=9 GEMM: nine broadcast
-# multiply-adds took 253 ms against the GEMM's 42 ms.)
+# Filter and input gradients with at most this many patch columns (kh*kw*Cin) use one GEMM on
+# the patch matrix (or its gradient): for the MNIST CNN's first layer (128x28x28x1 -> 32, 3x3,
+# one thread) nine per-tap GEMMs took 46 ms for the filter gradient, one GEMM 10 ms; the input
+# gradient's nine per-tap GEMMs are matrix-vector products that each read all of g.
 _ONE_GEMM_MAX_K = 32
 # Convolutions run over the batch in blocks whose patch matrix (or tap window) stays within
 # this many bytes, so each block's copy is still in cache when its GEMM reads it. On the MNIST
@@ -55,31 +55,63 @@ def _patches(x, ksize, strides, dilations, out=None):
     return out
 
 
+def _taps(x, ksize, strides, dilations, out):
+    """One input channel: the patch matrix transposed, ``out`` (kh*kw, m, oh, ow), one
+    contiguous row per filter tap (nine plain window copies for 3x3, no interleaving)."""
+    oh, ow = out.shape[2:]
+    for i in range(ksize[0]):
+        for j in range(ksize[1]):
+            out[i * ksize[1] + j] = x[_window(i, j, oh, ow, strides, dilations)][..., 0]
+    return out
+
+
 def _chunk(n: int, per_image: int) -> int:
     """Images per block so that a block's largest temporary stays within ``_BLOCK_BYTES``."""
     return max(1, min(n, _BLOCK_BYTES // max(per_image, 1)))
 
 
+def _blocks(n: int, oh: int, ow: int, width: int, itemsize: int) -> tuple[int, int]:
+    """(images per block, elements of the block's workspace) for ``width`` values per output
+    pixel: what the eager functions allocate and the plan kernels allocate once."""
+    c = _chunk(n, oh * ow * width * itemsize)
+    return c, c * oh * ow * width
+
+
+def _work(xp, work, elements: int, dtype):
+    """The first ``elements`` of the flat workspace ``work`` (made now if None)."""
+    return xp.empty(elements, dtype=dtype) if work is None else work.reshape(-1)[:elements]
+
+
+# The 1-channel first layer (MNIST's 3x3 -> 32): its forward is a K=9 GEMM whose time is
+# writing the output (one thread, 128 images: the GEMM within 2x of filling the output array,
+# nine broadcast multiply-adds 10-20x slower, a banded "Toeplitz" GEMM over image rows or
+# block-diagonal GEMMs over 2-8 pixels slower still). What helps is the patch layout: one
+# contiguous row per tap (plain window copies), read by the GEMM as a transposed operand.
 def _conv(x, w, strides, dilations, out=None, work=None):
     xp = array_module(x)
     kh, kw, cin, cout = w.shape
+    k = kh * kw * cin
     n = x.shape[0]
     oh, ow = _out_hw(x.shape, (kh, kw), strides, dilations)
     if out is None:
         out = xp.empty((n, oh, ow, cout), dtype=x.dtype)
-    c = _chunk(n, oh * ow * kh * kw * cin * x.itemsize)
-    if work is None:
-        work = xp.empty((c, oh, ow, kh, kw, cin), dtype=x.dtype)
-    w2 = w.reshape(kh * kw * cin, cout)
+    c, size = _blocks(n, oh, ow, k, x.itemsize)
+    work = _work(xp, work, size, x.dtype)
+    w2 = w.reshape(k, cout)
     for s in range(0, n, c):
         m = min(n, s + c) - s
-        patches = _patches(x[s:s + m], (kh, kw), strides, dilations, work[:m])
-        xp.matmul(patches.reshape(m * oh * ow, kh * kw * cin), w2,
-                  out=out[s:s + m].reshape(m * oh * ow, cout))
+        block = work[:m * oh * ow * k]
+        if cin == 1:
+            taps = _taps(x[s:s + m], (kh, kw), strides, dilations, block.reshape(k, m, oh, ow))
+            cols = taps.reshape(k, m * oh * ow).T
+        else:
+            cols = _patches(x[s:s + m], (kh, kw), strides, dilations,
+                            block.reshape(m, oh, ow, kh, kw, cin)).reshape(m * oh * ow, k)
+        xp.matmul(cols, w2, out=out[s:s + m].reshape(m * oh * ow, cout))
     return out
 
 
-def _backprop_input(g, w, shape, strides, dilations, out=None, part=None):
+def _backprop_input(g, w, shape, strides, dilations, out=None, work=None):
     xp = array_module(g)
     kh, kw, cin, cout = w.shape
     n, oh, ow, _ = g.shape
@@ -87,46 +119,66 @@ def _backprop_input(g, w, shape, strides, dilations, out=None, part=None):
         out = xp.zeros(shape, dtype=g.dtype)
     else:
         out[...] = 0
-    c = _chunk(n, oh * ow * cin * g.itemsize)
-    if part is None:
-        part = xp.empty((c * oh * ow, cin), dtype=g.dtype)
+    k = kh * kw * cin
+    one_gemm = k <= _ONE_GEMM_MAX_K
+    c, size = _blocks(n, oh, ow, k if one_gemm else cin, g.itemsize)
+    work = _work(xp, work, size, g.dtype)
     for s in range(0, n, c):
         m = min(n, s + c) - s
         g2, dx = g[s:s + m].reshape(m * oh * ow, cout), out[s:s + m]
-        block = part[:m * oh * ow]
-        view = block.reshape(m, oh, ow, cin)
+        block = work[:m * oh * ow * (k if one_gemm else cin)]
+        if one_gemm:
+            # Few patch columns (a first layer): the per-tap GEMMs would be matrix-vector
+            # products each reading all of g; one GEMM makes the block's patch gradient and
+            # each tap's slice of it is added into the window it came from.
+            cols = block.reshape(m * oh * ow, k)
+            xp.matmul(g2, w.reshape(k, cout).T, out=cols)
+            cols = cols.reshape(m, oh, ow, kh, kw, cin)
+            for i in range(kh):
+                for j in range(kw):
+                    dx[_window(i, j, oh, ow, strides, dilations)] += cols[:, :, :, i, j]
+            continue
+        part = block.reshape(m * oh * ow, cin)
+        view = part.reshape(m, oh, ow, cin)
         for i in range(kh):
             for j in range(kw):
-                xp.matmul(g2, w[i, j].T, out=block)
+                xp.matmul(g2, w[i, j].T, out=part)
                 dx[_window(i, j, oh, ow, strides, dilations)] += view
     return out
 
 
-def _backprop_filter(x, g, ksize, strides, dilations, out=None, work=None):
+def _backprop_filter(x, g, ksize, strides, dilations, out=None, work=None, part=None):
     xp = array_module(x)
     (kh, kw), cin = ksize, x.shape[3]
     n, oh, ow, cout = g.shape
+    k = kh * kw * cin
     if out is None:
         out = xp.empty((kh, kw, cin, cout), dtype=g.dtype)
-    one_gemm = kh * kw * cin <= _ONE_GEMM_MAX_K
-    per_image = oh * ow * (kh * kw * cin if one_gemm else cin) * x.itemsize
-    c = _chunk(n, per_image)
-    if work is None:
-        work = xp.empty((c, oh, ow) + ((kh, kw, cin) if one_gemm else (cin,)), dtype=x.dtype)
-    part = xp.empty((kh * kw * cin, cout) if one_gemm else (cin, cout), dtype=g.dtype)
+    one_gemm = k <= _ONE_GEMM_MAX_K
+    c, size = _blocks(n, oh, ow, k if one_gemm else cin, x.itemsize)
+    work = _work(xp, work, size, x.dtype)
+    if part is None:
+        part = xp.empty((k, cout) if one_gemm else (cin, cout), dtype=g.dtype)
     for s in range(0, n, c):
         m = min(n, s + c) - s
         g2 = g[s:s + m].reshape(m * oh * ow, cout)
         if one_gemm:
             # Few input channels (a first layer): per-tap GEMMs would be matrix-vector
             # products; the block's patch matrix is small, so one GEMM does it.
-            cols = _patches(x[s:s + m], (kh, kw), strides, dilations, work[:m])
-            dst = out.reshape(kh * kw * cin, cout)
-            xp.matmul(cols.reshape(m * oh * ow, kh * kw * cin).T, g2, out=dst if s == 0 else part)
+            block = work[:m * oh * ow * k]
+            if cin == 1:
+                cols_t = _taps(x[s:s + m], ksize, strides, dilations,
+                               block.reshape(k, m, oh, ow)).reshape(k, m * oh * ow)
+            else:
+                cols_t = _patches(x[s:s + m], ksize, strides, dilations,
+                                  block.reshape(m, oh, ow, kh, kw, cin)).reshape(
+                                      m * oh * ow, k).T
+            dst = out.reshape(k, cout)
+            xp.matmul(cols_t, g2, out=dst if s == 0 else part)
             if s:
                 dst += part
             continue
-        tap = work[:m]
+        tap = work[:m * oh * ow * cin].reshape(m, oh, ow, cin)
         tap2 = tap.reshape(m * oh * ow, cin)
         for i in range(kh):
             for j in range(kw):
@@ -196,8 +248,7 @@ def _(gy, ans, xs, shapes, needs, ksize, strides, dilations):
 def _conv_kernel(metas, out_meta, params, ins, shared):
     (xshape, dt), (wshape, _) = metas
     n, oh, ow, _ = out_meta[0]
-    c = _chunk(n, oh * ow * int(np.prod(wshape[:3])) * np.dtype(dt).itemsize)
-    work = np.empty((c, oh, ow) + tuple(wshape[:3]), dt)
+    work = np.empty(_blocks(n, oh, ow, int(np.prod(wshape[:3])), np.dtype(dt).itemsize)[1], dt)
     s, d = params["strides"], params["dilations"]
     return lambda x, w, out: _conv(x, w, s, d, out=out, work=work)
 
@@ -205,21 +256,23 @@ def _conv_kernel(metas, out_meta, params, ins, shared):
 def _backprop_input_kernel(metas, out_meta, params, ins, shared):
     (gshape, dt), (wshape, _) = metas
     n, oh, ow, _ = gshape
-    c = _chunk(n, oh * ow * wshape[2] * np.dtype(dt).itemsize)
-    part = np.empty((c * oh * ow, wshape[2]), dt)
+    k = int(np.prod(wshape[:3]))
+    width = k if k <= _ONE_GEMM_MAX_K else wshape[2]
+    work = np.empty(_blocks(n, oh, ow, width, np.dtype(dt).itemsize)[1], dt)
     shape, s, d = params["shape"], params["strides"], params["dilations"]
-    return lambda g, w, out: _backprop_input(g, w, shape, s, d, out=out, part=part)
+    return lambda g, w, out: _backprop_input(g, w, shape, s, d, out=out, work=work)
 
 
 def _backprop_filter_kernel(metas, out_meta, params, ins, shared):
     (xshape, dt), (gshape, _) = metas
     (kh, kw), cin = params["ksize"], xshape[3]
-    n, oh, ow, _ = gshape
-    window = (kh, kw, cin) if kh * kw * cin <= _ONE_GEMM_MAX_K else (cin,)
-    c = _chunk(n, oh * ow * int(np.prod(window)) * np.dtype(dt).itemsize)
-    work = np.empty((c, oh, ow) + window, dt)
-    k, s, d = params["ksize"], params["strides"], params["dilations"]
-    return lambda x, g, out: _backprop_filter(x, g, k, s, d, out=out, work=work)
+    n, oh, ow, cout = gshape
+    k = kh * kw * cin
+    width = k if k <= _ONE_GEMM_MAX_K else cin
+    work = np.empty(_blocks(n, oh, ow, width, np.dtype(dt).itemsize)[1], dt)
+    part = np.empty((width, cout), dt)
+    ks, s, d = params["ksize"], params["strides"], params["dilations"]
+    return lambda x, g, out: _backprop_filter(x, g, ks, s, d, out=out, work=work, part=part)
 
 
 PLAN_KERNELS = {"conv2d": _conv_kernel, "conv2d_backprop_input": _backprop_input_kernel,

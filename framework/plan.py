@@ -108,20 +108,11 @@ def _softmax_grad_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
     return kernel
 
 
-def _first_max_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
-                      shared: dict) -> Callable:
-    """Max pooling's first-maximum mask into ``out=``, with its two bool temporaries."""
-    axis = params["axis"]
-    kept = tuple(1 if i in axis else d for i, d in enumerate(metas[0][0]))
-    work = (np.empty(kept, bool), np.empty(kept, bool))
-    return lambda x, ans, out: PX._first_max_mask(x, ans, axis, out=out, work=work)
-
-
 # Kernels with temporaries: ``factory(input_metas, out_meta, params, in_slots, shared)``.
 FACTORIES: dict[Any, Callable] = {
     "sparse_softmax_cross_entropy": _xent_kernel,
     P._softmax_minus_onehot: _softmax_grad_kernel,
-    PX._first_max_mask: _first_max_kernel,
+    **PX.PLAN_KERNELS,  # pooling's window max and first-maximum mask
     **CV.PLAN_KERNELS,
 }
 
@@ -157,7 +148,7 @@ def _out_kernel(node, metas: list, shared: dict):
     if prim.name == "reduce_sum":  # what ndarray.sum runs, without its Python wrapper
         return functools.partial(np.add.reduce, axis=params["axis"],
                                  keepdims=params["keepdims"]), False
-    if prim.name in ("window_max", "reduce_max", "reduce_min"):  # what ndarray.max runs
+    if prim.name in ("reduce_max", "reduce_min"):  # what ndarray.max runs
         uf = np.minimum if prim.name == "reduce_min" else np.maximum
         return functools.partial(uf.reduce, axis=params["axis"],
                                  keepdims=params.get("keepdims", False)), False

@@ -10,6 +10,7 @@ replay recomputes them.
 """
 from __future__ import annotations
 
+import functools
 import math
 import string
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import primitives as P
 from ._backend import array_module, special_module
-from .recording import derived, primitive
+from .recording import _ACTIVE, _auto_watch, derived, primitive
 from .tensor import Tensor
 
 __all__: list[str] = []  # internal: the public names live in tapeflow.math_ops / array_ops
@@ -286,43 +287,85 @@ def _(g, ans, xs, shapes, needs):
 
 
 # ---------------------------------------------------------------- window maxima (pooling)
-def _first_max_mask(x, ans, axis: tuple, out=None, work=None):
-    """1 at the first maximum (row-major over ``axis``) of each window, 0 elsewhere.
+def _window_max(x, axis: tuple):
+    """Max over the window axes ``axis``, keeping no dims (what ``ndarray.max`` runs)."""
+    return x.max(axis=axis)
 
-    One comparison per window position, on strided views (no transposed copies). ``out``
-    (x's shape and dtype) receives the mask and ``work`` (two bool arrays of one window
-    position's shape) holds the temporaries if given (a tp.function plan's buffers).
+
+def _window_views(a, axis: tuple) -> list:
+    """``a``'s slices at each window position (row-major over ``axis``), window axes kept."""
+    views = []
+    for pos in np.ndindex(*[a.shape[i] for i in axis]):
+        index = [slice(None)] * a.ndim
+        for i, p in zip(axis, pos):
+            index[i] = slice(p, p + 1)
+        views.append(a[tuple(index)])
+    return views
+
+
+def _first_max_mask(x, ans, axis: tuple, out=None, taken=None):
+    """True at the first maximum (row-major over ``axis``) of each window of ``x``, whose
+    maxima are ``ans``; False elsewhere (everywhere in a window whose maximum is NaN).
+
+    One broadcast comparison of ``x`` with its window maxima, then ties cleared on the bool
+    mask itself, one window position at a time: a hit is kept only if no earlier position of
+    its window hit. ``out`` (x's shape, bool) and ``taken`` (one window position's shape,
+    bool) are a tp.function plan's buffers if given.
     """
     xp = array_module(x)
-    kept = tuple(1 if i in axis else d for i, d in enumerate(x.shape))
-    m = ans.reshape(kept)
+    kept = _kept(x.shape, axis)
     if out is None:
-        out = xp.empty(x.shape, dtype=x.dtype)
-    hit, taken = work if work is not None else (xp.empty(kept, bool), xp.empty(kept, bool))
-    for k, pos in enumerate(np.ndindex(*[x.shape[a] for a in axis])):
-        index = [slice(None)] * x.ndim
-        for a, p in zip(axis, pos):
-            index[a] = slice(p, p + 1)
-        index = tuple(index)
-        xp.equal(x[index], m, out=hit)
-        if k == 0:
-            taken[...] = hit
-        else:
-            xp.greater(hit, taken, out=hit)  # hit and not taken
-            xp.logical_or(taken, hit, out=taken)
-        out[index] = hit
+        out = xp.empty(x.shape, dtype=bool)
+    xp.equal(x, ans.reshape(kept), out=out)
+    hits = _window_views(out, axis)
+    if len(hits) > 2 and taken is None:
+        taken = xp.empty(kept, dtype=bool)
+    for k in range(1, len(hits)):
+        before = hits[0] if k == 1 else taken  # any hit at an earlier position
+        xp.greater(hits[k], before, out=hits[k])  # hit and not taken before
+        if k < len(hits) - 1:
+            xp.logical_or(before, hits[k], out=taken)
     return out
 
 
-@primitive("window_max", save_args=True, save_ans=True)
-def window_max_p(x, axis):
-    """Max over the window axes ``axis`` (a tuple), keeping no dims: pooling's reduction."""
-    return x.max(axis=axis)
+@primitive("window_max", save_args=True)
+def window_max_p(x, ans, first, axis):
+    """The window maxima ``ans`` of ``x`` over ``axis`` with the first-maximum mask ``first``
+    the forward kept for the rule; build it with :func:`window_max`, which computes both."""
+    return ans
 
 
 @window_max_p.defvjp
 def _(g, ans, xs, shapes, needs, axis):
     # TensorFlow's MaxPoolGrad: the whole gradient goes to one input per window, the first
-    # maximum in row-major window order (reduce_max instead splits ties equally).
-    mask = derived(_first_max_mask, xs[0], ans, axis=axis)
-    return (P.multiply_p(P.reshape_p(g, shape=_kept(shapes[0], axis)), mask),)
+    # maximum in row-major window order (reduce_max instead splits ties equally). The mask
+    # was made in the forward, where x was just read: the sweep does not scan x again.
+    return P.multiply_p(P.reshape_p(g, shape=_kept(shapes[0], axis)), xs[2]), None, None
+
+
+def window_max(x: Tensor, axis: tuple) -> Tensor:
+    """Max of ``x`` over the window axes ``axis`` (a tuple), keeping no dims: pooling's
+    reduction. When a tape records ``x``, the forward also keeps the first-maximum mask its
+    gradient needs (both are :func:`derived` values, so a tp.function plan computes them
+    once per step, into buffers, and never in the backward sweep)."""
+    ans = derived(_window_max, x, axis=axis)
+    if x._value.dtype.kind != "f" or not any(
+            x._id in tape._watched or (type(x) is not Tensor and _auto_watch(tape, x))
+            for tape in _ACTIVE):
+        return ans  # nothing records x: no gradient will be asked for
+    return window_max_p(x, ans, derived(_first_max_mask, x, ans, axis=axis), axis=axis)
+
+
+# ---------------------------------------------------------------- tp.function plan kernels
+# ``factory(input_metas, out_meta, params, in_slots, shared) -> kernel(*arrays, out)``.
+def _window_max_kernel(metas, out_meta, params, ins, shared):
+    return functools.partial(np.maximum.reduce, axis=params["axis"])
+
+
+def _first_max_kernel(metas, out_meta, params, ins, shared):
+    axis = params["axis"]
+    taken = np.empty(_kept(metas[0][0], axis), bool)
+    return lambda x, ans, out: _first_max_mask(x, ans, axis, out=out, taken=taken)
+
+
+PLAN_KERNELS = {_window_max: _window_max_kernel, _first_max_mask: _first_max_kernel}

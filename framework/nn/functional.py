@@ -208,10 +208,10 @@ def max_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:
         # Non-overlapping windows tile the image: a reshape exposes them without copying.
         n, h, w, c = x.shape
         tiles = ops.reshape(x, (n, h // ksize[0], ksize[0], w // ksize[1], ksize[1], c))
-        return PX.window_max_p(tiles, axis=(2, 4))
+        return PX.window_max(tiles, axis=(2, 4))
     fill = -np.inf
     patches = _windows(x, ksize, strides, padding, fill, "max_pool2d")
-    return PX.window_max_p(patches, axis=(3, 4))
+    return PX.window_max(patches, axis=(3, 4))
 
 
 def avg_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:
