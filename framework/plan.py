@@ -21,6 +21,7 @@ Ops without an ``out=`` kernel run as they do eagerly and allocate their result.
 from __future__ import annotations
 
 import functools
+import inspect
 import operator
 import sys
 from typing import Any, Callable
@@ -108,6 +109,18 @@ def _softmax_grad_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
     return kernel
 
 
+def _relu_kernel(out_meta: tuple, shared: dict) -> Callable:
+    """``maximum(x, 0)`` into ``out=``, against a zeros array of the result's shape: NumPy
+    runs ``maximum`` with a scalar operand in a scalar loop and with two arrays in its SIMD
+    loop (about 3x faster at 128x512 float32; the same bits, NaN and -0.0 included). The
+    zeros, made once, are shared by the plan's relus of one shape and dtype."""
+    zeros = shared.get(("zeros",) + out_meta)
+    if zeros is None:
+        zeros = shared[("zeros",) + out_meta] = np.zeros(*out_meta)
+    maximum = np.maximum
+    return lambda x, out: maximum(x, zeros, out=out)
+
+
 # Kernels with temporaries: ``factory(input_metas, out_meta, params, in_slots, shared)``.
 FACTORIES: dict[Any, Callable] = {
     "sparse_softmax_cross_entropy": _xent_kernel,
@@ -142,7 +155,7 @@ def _out_kernel(node, metas: list, shared: dict):
     if uf is not None and not params:
         return uf, True
     if prim.name == "relu":
-        return (lambda x, out: np.maximum(x, 0, out=out)), True
+        return _relu_kernel(metas[node[5]], shared), True
     if prim.name == "matmul":
         return np.matmul, False
     if prim.name == "reduce_sum":  # what ndarray.sum runs, without its Python wrapper
@@ -290,7 +303,8 @@ def compile_plan(tr, outputs: list) -> Plan:
             continue
         if kind == "call":
             _, fn, args, kwargs, slot_leaves = node
-            ns[f"k{n}"] = _call_kernel(fn, args, kwargs, slot_leaves, host)
+            ns[f"k{n}"] = _call_kernel(fn, args, kwargs, slot_leaves, host, _scratch_flags(
+                [s for _, s in slot_leaves], n, root, group_end, buf_of))
             lines[n] = guarded(f"k{n}({', '.join(ref(s) for _, s in slot_leaves)})")
             steps.append(("call", fn, tuple(s for _, s in slot_leaves)))
             continue
@@ -385,14 +399,26 @@ def _assign_kernel(var, method: str, host: bool = True) -> Callable:
     return assign
 
 
+def _scratch_flags(slots: list, n: int, root: Callable, group_end: dict,
+                   buf_of: dict) -> tuple:
+    """Per slot: whether its array is one of the plan's buffers that nothing reads after node
+    ``n`` (not an output, not viewed later, not passed twice), so node ``n`` may overwrite it."""
+    roots = [root(s) for s in slots]
+    return tuple(r in buf_of and group_end[r] == n and roots.count(r) == 1 for r in roots)
+
+
 def _call_kernel(fn: Callable, args: tuple, kwargs: dict, slot_leaves: list,
-                 host: bool = True) -> Callable:
+                 host: bool = True, scratch: tuple = ()) -> Callable:
     """Re-run a replayed method with this step's tensors; or, if its object offers one
-    (``_tp_replay_<method>(*args)``, e.g. SGD's fused update), that kernel on the arrays."""
+    (``_tp_replay_<method>(*args)``, e.g. SGD's fused update), that kernel on the arrays.
+    A factory taking ``_tp_scratch`` gets ``scratch``: per traced argument, whether its
+    kernel may overwrite that array (a plan buffer nothing reads afterwards)."""
     make = getattr(args[0], f"_tp_replay_{getattr(fn, '__name__', '')}", None) \
         if args and host else None
     if make is not None:  # it gets the traced Tensor arguments' arrays, in order
-        kernel = make(*args[1:], **kwargs)
+        extra = {"_tp_scratch": scratch} if any(scratch) and \
+            "_tp_scratch" in inspect.signature(make).parameters else {}
+        kernel = make(*args[1:], **kwargs, **extra)
         if kernel is not None:
             return kernel
     structure = [args, kwargs]

@@ -253,43 +253,53 @@ class Optimizer:
         self.iterations += 1
         return self.iterations
 
-    def _tp_replay_apply_gradients(self, grads_and_vars) -> Callable | None:
+    def _tp_replay_apply_gradients(self, grads_and_vars,
+                                   _tp_scratch: tuple = ()) -> Callable | None:
         """For a ``tp.function`` plan: ``kernel(*gradient_arrays)`` doing this step's
         :meth:`apply_gradients` for these variables with preallocated buffers, or ``None``
         (the plan then calls :meth:`apply_gradients` itself). Plain SGD only (no momentum,
         clipping or weight decay): ``lr * g`` into a buffer, then ``p -= buffer``, eager's
-        arithmetic exactly. Any other configuration at run time falls back to the eager step.
+        arithmetic exactly. ``_tp_scratch`` (from the plan, one flag per gradient) marks the
+        gradient arrays that are the plan's own buffers read by nothing after this call:
+        ``lr * g`` goes into them in place, a smaller working set than a separate buffer.
+        Any other configuration at run time falls back to the eager step.
         """
         pairs = list(grads_and_vars)
-        config = self._fused_sgd_config()
-        if config is None or any(not hasattr(g, "_value") or tuple(g.shape) != tuple(v.shape)
-                                 or g.dtype != v.dtype for g, v in pairs):
+        if not self._plain_sgd() or any(not hasattr(g, "_value")
+                                        or tuple(g.shape) != tuple(v.shape)
+                                        or g.dtype != v.dtype for g, v in pairs):
             return None
         variables = [v for _, v in pairs]
-        bufs = [xp_of(v._value).empty_like(v._value) for v in variables]
-        built = []
+        scratch = tuple(_tp_scratch) if len(_tp_scratch) == len(pairs) else \
+            (False,) * len(pairs)
+        # per variable: (variable, where lr * g goes (None: into g), its array module)
+        work = [(v, None if s else xp_of(v._value).empty_like(v._value), xp_of(v._value))
+                for v, s in zip(variables, scratch)]
+        built: list = []
+        scaled: list = [None, []]  # the learning rate last used, as a scalar of each dtype
 
         def kernel(*grads) -> None:
-            if self._fused_sgd_config() != config:
+            if not self._plain_sgd():
                 self.apply_gradients(zip(grads, variables))
                 return
             if not built:
                 self._build(variables, self.rule())
                 built.append(True)
             lr = self.current_learning_rate
-            for g, var, buf in zip(grads, variables, bufs):
-                xp_of(g).multiply(g, rules._c(lr, var._value), out=buf)
-                var._subtract_(buf)
+            if lr != scaled[0]:
+                scaled[:] = lr, [rules._c(lr, v._value) for v in variables]
+            for g, (var, buf, xp), c in zip(grads, work, scaled[1]):
+                upd = g if buf is None else buf
+                xp.multiply(g, c, out=upd)
+                var._subtract_(upd)
             self.iterations += 1
         return kernel
 
-    def _fused_sgd_config(self) -> tuple | None:
-        if type(self).rule_factory is not rules.sgd or getattr(self, "momentum", 0) or \
-                self.weight_decay or self.clipnorm is not None or self.clipvalue is not None \
-                or self.global_clipnorm is not None:
-            return None
-        return (self.rule(), self.weight_decay, self.clipnorm, self.clipvalue,
-                self.global_clipnorm)
+    def _plain_sgd(self) -> bool:
+        """Whether a step is ``p -= lr * g`` alone (what the fused replay kernel does)."""
+        return type(self).rule_factory is rules.sgd and not getattr(self, "momentum", 0) \
+            and not self.weight_decay and self.clipnorm is None and self.clipvalue is None \
+            and self.global_clipnorm is None
 
     # ---------------------------------------------------------------- state
     def variables(self) -> list[Any]:
