@@ -59,7 +59,8 @@ def _xent_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
                  shared: dict) -> Callable:
     """Sparse softmax cross-entropy forward into ``out=``, with its temporaries made once;
     the same operations as the eager forward, so the same bits. Its ``exp(z)`` and row sums
-    stay for the gradient kernel of the same logits and labels."""
+    stay for the gradient kernel of the same logits and labels, with the labels' flat
+    indices."""
     (shape, dt), (yshape, _) = metas
     rows = int(np.prod(shape[:-1], dtype=np.int64))
     m = np.empty(shape[:-1] + (1,), dt)
@@ -67,7 +68,7 @@ def _xent_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
     s, picked = np.empty(shape[:-1], dt), np.empty(rows, dt)
     base, idx = np.arange(rows) * shape[-1], np.empty(rows, np.intp)
     zflat, picked_v = z.reshape(-1), picked.reshape(shape[:-1])
-    shared[("softmax",) + ins] = (e, s.reshape(shape[:-1] + (1,)))
+    shared[("softmax",) + ins] = (e, s.reshape(shape[:-1] + (1,)), idx)
 
     def kernel(lv, labels, out):
         np.maximum.reduce(lv, axis=-1, keepdims=True, out=m)
@@ -85,12 +86,14 @@ def _softmax_grad_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
                          shared: dict) -> Callable:
     """``softmax(logits) - onehot(labels)`` into ``out=`` (the fused loss gradient); from the
     forward kernel's ``exp(z)`` and row sums when the plan computed the loss of these logits
-    (the same values the eager rule recomputes)."""
+    (the same values the eager rule recomputes), and its label indices (the same labels,
+    computed earlier in the same replay)."""
     (shape, dt), _ = metas
     rows = int(np.prod(shape[:-1], dtype=np.int64))
     m, total = np.empty(shape[:-1] + (1,), dt), np.empty(shape[:-1] + (1,), dt)
     picked, base, idx = np.empty(rows, dt), np.arange(rows) * shape[-1], np.empty(rows, np.intp)
-    fwd = shared.get(("softmax",) + ins)
+    fwd, one = shared.get(("softmax",) + ins), dt.type(1)
+    flat_of: list = [None, None]  # the out buffer last seen and its flat view
 
     def kernel(lv, labels, out):
         if fwd is None:
@@ -99,13 +102,17 @@ def _softmax_grad_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
             np.exp(out, out=out)
             np.add.reduce(out, axis=-1, keepdims=True, out=total)
             np.divide(out, total, out=out)
+            np.add(base, labels.reshape(-1), out=idx)
+            at = idx
         else:
             np.divide(fwd[0], fwd[1], out=out)
-        flat = out.reshape(-1)
-        np.add(base, labels.reshape(-1), out=idx)
-        np.take(flat, idx, out=picked, mode="clip")
-        np.subtract(picked, 1, out=picked)
-        np.put(flat, idx, picked)
+            at = fwd[2]
+        if out is not flat_of[0]:
+            flat_of[:] = out, out.reshape(-1)
+        flat = flat_of[1]
+        np.take(flat, at, out=picked, mode="clip")
+        np.subtract(picked, one, out=picked)
+        np.put(flat, at, picked)
     return kernel
 
 

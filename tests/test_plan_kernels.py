@@ -90,3 +90,21 @@ def test_sgd_gets_no_scratch_for_one_gradient_given_for_two_variables():
     np.testing.assert_array_equal(a_e, a_f)
     np.testing.assert_array_equal(b_e, b_f)
     assert scratch == ()  # the same buffer twice: neither may be scaled in place
+
+
+@pytest.mark.parametrize("with_loss", [False, True])
+def test_xent_gradient_kernel_with_and_without_the_forward_in_the_plan(with_loss):
+    rng = np.random.default_rng(2)
+    w = tp.Variable(rng.normal(size=(6, 4)).astype("f4"))
+
+    def grad(x, y):
+        with tp.GradientTape() as tape:
+            loss = tp.reduce_mean(tp.nn.sparse_softmax_cross_entropy_with_logits(y, x @ w))
+        g = tape.gradient(loss, w)
+        return (loss, g) if with_loss else (g,)  # without the loss its forward node is dead
+    traced = tp.function(grad)
+    for _ in range(3):
+        x = tp.constant(rng.normal(size=(8, 6)).astype("f4"))
+        y = tp.constant(rng.integers(0, 4, 8).astype("i4"))
+        for a, b in zip(traced(x, y), grad(x, y)):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
