@@ -8,7 +8,14 @@ temporaries:
   ``g @ W[i, j].T`` (a ``(N*OH*OW, Cin)`` block) is added into the strided window of ``dx``
   it came from -- no ``(N*OH*OW, kh*kw*Cin)`` patch gradient and no scatter pass over it;
 * the filter gradient is one GEMM per tap on that tap's input window, copied into one reused
-  buffer of ``N*OH*OW*Cin`` elements rather than the whole patch matrix.
+  buffer of ``N*OH*OW*Cin`` elements rather than the whole patch matrix;
+* with few patch columns (``kh*kw*Cin <= 32``, a first layer) per-tap GEMMs would be
+  matrix-vector products, so both gradients use one GEMM on the (small) patch matrix or its
+  gradient; with one input channel the patch matrix is kept transposed, one contiguous row
+  per filter tap, in the forward and the filter gradient.
+
+Everything runs over the batch in cache-sized blocks, in workspaces a ``tp.function`` plan
+allocates once (``PLAN_KERNELS``).
 
 Each rule is itself a primitive with a rule (``conv2d_backprop_input``,
 ``conv2d_backprop_filter``), so nested tapes differentiate convolutions to any order.

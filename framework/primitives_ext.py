@@ -343,17 +343,102 @@ def _(g, ans, xs, shapes, needs, axis):
     return P.multiply_p(P.reshape_p(g, shape=_kept(shapes[0], axis)), xs[2]), None, None
 
 
+def _recorded(x: Tensor) -> bool:
+    """Whether a tape records ``x`` (a float tensor one of them watches)."""
+    return x._value.dtype.kind == "f" and any(
+        x._id in tape._watched or (type(x) is not Tensor and _auto_watch(tape, x))
+        for tape in _ACTIVE)
+
+
 def window_max(x: Tensor, axis: tuple) -> Tensor:
     """Max of ``x`` over the window axes ``axis`` (a tuple), keeping no dims: pooling's
-    reduction. When a tape records ``x``, the forward also keeps the first-maximum mask its
-    gradient needs (both are :func:`derived` values, so a tp.function plan computes them
-    once per step, into buffers, and never in the backward sweep)."""
+    reduction over tiles. When a tape records ``x``, the forward also keeps the first-maximum
+    mask its gradient needs (both are :func:`derived` values, so a tp.function plan computes
+    them once per step, into buffers, and never in the backward sweep)."""
     ans = derived(_window_max, x, axis=axis)
-    if x._value.dtype.kind != "f" or not any(
-            x._id in tape._watched or (type(x) is not Tensor and _auto_watch(tape, x))
-            for tape in _ACTIVE):
+    if not _recorded(x):
         return ans  # nothing records x: no gradient will be asked for
     return window_max_p(x, ans, derived(_first_max_mask, x, ans, axis=axis), axis=axis)
+
+
+# Overlapping (or not tiling) windows: a strided view of the image, never a copy of patches.
+def _sliding(x, ksize, strides):
+    """NHWC ``x``'s VALID windows as an (n, oh, ow, kh, kw, c) strided view (no copy; it
+    never leaves this module, so nothing writes through it)."""
+    (kh, kw), (sh, sw) = ksize, strides
+    n, h, w, c = x.shape
+    s0, s1, s2, s3 = x.strides
+    return array_module(x).lib.stride_tricks.as_strided(
+        x, (n, (h - kh) // sh + 1, (w - kw) // sw + 1, kh, kw, c),
+        (s0, s1 * sh, s2 * sw, s1, s2, s3))
+
+
+def _pool_max(x, ksize, strides):
+    return _sliding(x, ksize, strides).max(axis=(3, 4))
+
+
+def _pool_first_max(x, ans, ksize, strides, out=None, taken=None):
+    """The first-maximum mask of each window, (n, oh, ow, kh, kw, c) bools."""
+    return _first_max_mask(_sliding(x, ksize, strides), ans, (3, 4), out=out, taken=taken)
+
+
+@primitive("max_pool", save_args=True)
+def max_pool_p(x, ans, first, ksize, strides):
+    """VALID max pooling of NHWC ``x``: the maxima ``ans`` and first-maximum mask ``first``
+    that :func:`max_pool` computed on a strided view of x's windows."""
+    return ans
+
+
+@max_pool_p.defvjp
+def _(g, ans, xs, shapes, needs, ksize, strides):
+    # As window_max's rule, with the windows overlapping: no patch-sized gradient, each
+    # window's g is added at its first maximum directly.
+    return (max_pool_grad_p(g, xs[2], shape=shapes[0], ksize=ksize, strides=strides),
+            None, None)
+
+
+def _pool_scatter(g, first, shape, ksize, strides, out=None, part=None):
+    """Max pooling's input gradient: for each window position (i, j), ``g`` where (i, j) is
+    its window's first maximum, added into the strided window of the image it read (the
+    same additions, in the same order, as extract_patches' transpose of the masked g)."""
+    xp = array_module(g)
+    if out is None:
+        out = xp.zeros(shape, dtype=g.dtype)
+    else:
+        out[...] = 0
+    if part is None:
+        part = xp.empty(g.shape, dtype=g.dtype)
+    (kh, kw), (sh, sw) = ksize, strides
+    oh, ow = g.shape[1:3]
+    for i in range(kh):
+        for j in range(kw):
+            xp.multiply(g, first[:, :, :, i, j], out=part)
+            out[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += part
+    return out
+
+
+@primitive("max_pool_grad", save_args=True)
+def max_pool_grad_p(g, first, shape, ksize, strides):
+    """The input gradient of :func:`max_pool` for output gradient ``g``."""
+    return _pool_scatter(g, first, shape, ksize, strides)
+
+
+@max_pool_grad_p.defvjp
+def _(gy, ans, xs, shapes, needs, shape, ksize, strides):
+    # Linear in g: its transpose reads gy at each window's first maximum.
+    picked = P.multiply_p(P.extract_patches_p(gy, ksize=ksize, strides=strides), xs[1])
+    return P.reduce_sum_p(picked, axis=(3, 4), keepdims=False), None
+
+
+def max_pool(x: Tensor, ksize: tuple, strides: tuple) -> Tensor:
+    """VALID max pooling of NHWC ``x`` (padded already for SAME) over a strided view of its
+    windows; like :func:`window_max`, the forward keeps the first-maximum mask when a tape
+    records ``x``."""
+    ans = derived(_pool_max, x, ksize=ksize, strides=strides)
+    if not _recorded(x):
+        return ans
+    first = derived(_pool_first_max, x, ans, ksize=ksize, strides=strides)
+    return max_pool_p(x, ans, first, ksize=ksize, strides=strides)
 
 
 # ---------------------------------------------------------------- tp.function plan kernels
@@ -368,4 +453,25 @@ def _first_max_kernel(metas, out_meta, params, ins, shared):
     return lambda x, ans, out: _first_max_mask(x, ans, axis, out=out, taken=taken)
 
 
-PLAN_KERNELS = {_window_max: _window_max_kernel, _first_max_mask: _first_max_kernel}
+def _pool_max_kernel(metas, out_meta, params, ins, shared):
+    k, s = params["ksize"], params["strides"]
+    return lambda x, out: np.maximum.reduce(_sliding(x, k, s), axis=(3, 4), out=out)
+
+
+def _pool_first_max_kernel(metas, out_meta, params, ins, shared):
+    k, s = params["ksize"], params["strides"]
+    n, oh, ow, kh, kw, c = out_meta[0]
+    taken = np.empty((n, oh, ow, 1, 1, c), bool)
+    return lambda x, ans, out: _pool_first_max(x, ans, k, s, out=out, taken=taken)
+
+
+def _pool_grad_kernel(metas, out_meta, params, ins, shared):
+    (gshape, dt), _ = metas
+    part = np.empty(gshape, dt)
+    shape, k, s = params["shape"], params["ksize"], params["strides"]
+    return lambda g, first, out: _pool_scatter(g, first, shape, k, s, out=out, part=part)
+
+
+PLAN_KERNELS = {_window_max: _window_max_kernel, _first_max_mask: _first_max_kernel,
+                _pool_max: _pool_max_kernel, _pool_first_max: _pool_first_max_kernel,
+                "max_pool_grad": _pool_grad_kernel}

@@ -110,6 +110,27 @@ def test_pooling_gradients_to_second_order_on_both_window_paths():
     check_grads(lambda a: tp.nn.max_pool2d(a, 3, 2, "SAME"), [x], order=2)    # patches
 
 
+@pytest.mark.parametrize("k,s,padding", [(3, 2, "VALID"), (3, 1, "SAME"), (2, 1, "VALID")])
+def test_overlapping_pooling_gradient_equals_the_patch_composition_bit_for_bit(k, s, padding):
+    # The old path: extract_patches, a float mask times g, then extract_patches' transpose.
+    x = R.integers(0, 4, size=(2, 7, 6, 3)).astype(np.float32)
+    xt = tp.constant(x)
+    with tp.GradientTape() as tape:
+        tape.watch(xt)
+        y = tp.nn.max_pool2d(xt, k, s, padding)
+    g = R.normal(size=y.shape).astype(np.float32)
+    got = tape.gradient(y, xt, output_gradients=tp.constant(g)).numpy()
+    xp = tp.nn.functional._padded(xt, (k, k), (s, s), padding, -np.inf, "max_pool2d", (1, 1))
+    pat = tp.PRIMITIVES["extract_patches"].fwd(xp.numpy(), (k, k), (s, s))
+    mask = PX._first_max_mask(pat, pat.max(axis=(3, 4)), (3, 4)).astype(np.float32)
+    gpat = g[:, :, :, None, None, :] * mask
+    want = tp.PRIMITIVES["patches_transpose"].fwd(gpat, xp.shape, (k, k), (s, s))
+    if padding == "SAME":
+        top, left = (xp.shape[1] - x.shape[1]) // 2, (xp.shape[2] - x.shape[2]) // 2
+        want = want[:, top:top + x.shape[1], left:left + x.shape[2]]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_the_mask_is_made_in_the_forward_and_only_when_a_tape_records(monkeypatch):
     calls = []
     made = PX._first_max_mask
@@ -167,8 +188,8 @@ def test_one_channel_cnn_gradients_replay_bit_for_bit_like_eager():
 
 
 def test_one_channel_cnn_plan_step_allocates_no_full_size_array():
-    # VALID convolutions and tiled pooling: SAME padding (pad) and overlapping windows
-    # (extract_patches) still allocate their results on every step.
+    # VALID convolutions and pooling (tiles and overlapping windows): SAME padding (pad)
+    # still allocates its result on every step.
     k1, b1, k2, b2 = _cnn()[:4]
     w = tp.Variable(np.full((5 * 5 * 4, 2), 0.01, "f4"))
 
@@ -178,6 +199,7 @@ def test_one_channel_cnn_plan_step_allocates_no_full_size_array():
             h = tp.nn.relu(tp.nn.conv2d(x, k1, strides=2) + b1)
             h = tp.reshape(tp.nn.max_pool2d(h, 2), (x.shape[0], -1))
             h2 = tp.nn.conv2d(x, k2, strides=(1, 2), dilations=(2, 1)) + b2
+            h2 = tp.nn.max_pool2d(h2, 3, 2)
             loss = tp.reduce_sum(h @ w) + tp.reduce_sum(h2 * h2)
         for v, g in zip([k1, b1, k2, b2, w], tape.gradient(loss, [k1, b1, k2, b2, w])):
             v.assign_sub(1e-3 * g)
@@ -194,8 +216,9 @@ def test_one_channel_cnn_plan_step_allocates_no_full_size_array():
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-    # The smallest full-size array is the pooling mask, 256 x 10 x 10 x 4 bools = 100 KiB
-    # (the first convolution's output is 400 KiB, its patch block 512 KiB); what remains is
+    # The smallest full-size array is the tiled pooling mask, 256 x 10 x 10 x 4 bools =
+    # 100 KiB (the first convolution's output is 400 KiB, its patch block 512 KiB, the
+    # overlapping pooling's gradient 765 KiB); what remains is
     # NumPy's iterator buffers for broadcasting and casting ufuncs (8192 elements each: the
     # gradient's float32 x bool-mask product holds two) and small objects.
     assert peak < 80 * 1024, peak

@@ -40,6 +40,12 @@ def distinct(*shape):
     return (R.permutation(n) * 0.37 - n * 0.15 + 0.05).reshape(shape)
 
 
+# A first-maximum mask of 3x2 windows, stride (2, 1), of a 5x4 image: max_pool_grad's input.
+_POOL_IMAGE = (np.random.default_rng(1).permutation(40) * 0.37).reshape(1, 5, 4, 2)
+_POOL_FIRST = PX._pool_first_max(_POOL_IMAGE, PX._pool_max(_POOL_IMAGE, (3, 2), (2, 1)),
+                                 (3, 2), (2, 1))
+
+
 TABLE = {
     "add": [(tp.add, [rand(3, 4), rand(4)]), (tp.add, [rand(2, 1, 3), rand(4, 1)])],
     "subtract": [(tp.subtract, [rand(3, 4), rand(3, 1)])],
@@ -141,7 +147,12 @@ TABLE = {
     "det": [(tp.linalg.det, [rand(3, 3) + 2 * np.eye(3)]),
             (tp.linalg.det, [rand(2, 2, 2) + np.eye(2)])],
     "window_max": [(lambda x: PX.window_max(x, axis=(1, 3)), [distinct(2, 3, 2, 2)]),
-                   (lambda x: tp.nn.max_pool2d(x, 2, 1), [distinct(1, 3, 3, 2)])],
+                   (lambda x: tp.nn.max_pool2d(x, 2), [distinct(1, 4, 6, 2)])],
+    "max_pool": [(lambda x: tp.nn.max_pool2d(x, 2, 1), [distinct(1, 3, 3, 2)]),
+                 (lambda x: tp.nn.max_pool2d(x, 3, 2, "SAME"), [distinct(2, 5, 4, 2)])],
+    "max_pool_grad": [(lambda g: PX.max_pool_grad_p(g, tp.constant(_POOL_FIRST), shape=(1, 5, 4, 2),
+                                                    ksize=(3, 2), strides=(2, 1)),
+                       [rand(1, 2, 3, 2)])],
 }
 
 # Primitives deliberately without a rule (differentiating them is a LookupError): none today.

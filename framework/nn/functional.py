@@ -209,9 +209,9 @@ def max_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:
         n, h, w, c = x.shape
         tiles = ops.reshape(x, (n, h // ksize[0], ksize[0], w // ksize[1], ksize[1], c))
         return PX.window_max(tiles, axis=(2, 4))
-    fill = -np.inf
-    patches = _windows(x, ksize, strides, padding, fill, "max_pool2d")
-    return PX.window_max(patches, axis=(3, 4))
+    # Overlapping windows: max and gradient on a strided view of the (padded) image.
+    x = _padded(x, ksize, strides, padding, -np.inf, "max_pool2d", (1, 1))
+    return PX.max_pool(x, ksize, strides)
 
 
 def avg_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:
