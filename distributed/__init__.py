@@ -9,7 +9,7 @@ tape, fault handling and launching.
 >>> dist.allreduce(np.array([3.0]), op="sum")      # every rank's values summed
 array([3.])
 
-From ``init()`` on, a failure on any rank (an exception, ``sys.exit(n != 0)``, a termination
+From ``init()`` on (for an uncaught exception: from this import on), a failure on any rank (an exception, ``sys.exit(n != 0)``, a termination
 signal, a rank finishing while others wait for it) ends every rank with a message naming it;
 every collective is checked across ranks first (a mismatch is a :class:`MismatchError` on every
 rank); a stalled collective is reported after ``$TAPEFLOW_STALL_WARN`` s and aborts the job
@@ -29,6 +29,9 @@ from .local import LocalCommunicator
 from .registry import available_backends, get_comm, init, register_backend
 from .optimizer import DistributedOptimizer
 from .tape import DEFAULT_BUCKET_BYTES, DistributedGradientTape, GradientAccumulation, tape_factory
+from . import faults as _faults
+
+_faults.guard_startup()  # a rank failing before init() still ends the job (see faults)
 
 
 def __getattr__(name: str):

@@ -14,7 +14,8 @@ naming the rank and a non-zero end of the whole job, never a hang or garbage:
   calling something else gets a :class:`MismatchError` naming the finished rank, and the
   finished rank aborts the job. Exit clean-up never blocks on a collective that some rank will
   not join. (A rank killed outright, e.g. SIGKILL, is reported by ``mpiexec`` itself, which
-  ends the others at once.)
+  ends the others at once.) Before ``init()``, from the import of ``tapeflow.distributed``
+  on, an uncaught exception on one rank ends the job as well (:func:`guard_startup`).
 * **Stalls**: :class:`Waiter` is the only loop that waits on other ranks (MPI requests,
   shared-memory counters, the cross-node step, barriers, the exit protocol). After
   ``$TAPEFLOW_STALL_WARN`` s (default 60) it reports which ranks have not arrived and what each
@@ -46,7 +47,7 @@ import numpy as np
 
 __all__ = [
     "MismatchError", "Waiter", "StatusBoard", "stall_settings", "abort", "install",
-    "uninstall", "STALL_WARN_ENV", "STALL_TIMEOUT_ENV", "ABORT_ENV",
+    "uninstall", "guard_startup", "STALL_WARN_ENV", "STALL_TIMEOUT_ENV", "ABORT_ENV",
 ]
 
 STALL_WARN_ENV = "TAPEFLOW_STALL_WARN"
@@ -430,6 +431,32 @@ def install(comm: Any, enabled: bool = True) -> None:
             if not faulthandler.is_enabled():
                 faulthandler.enable()  # a segfault prints every thread's traceback
             _Signals.install()
+
+
+def guard_startup() -> None:
+    """Before ``dist.init()``, in a rank of a job of several ranks: an uncaught exception ends
+    the whole job too. Without it the other ranks wait for ever in MPI start-up (``mpiexec``
+    does not end a job whose rank exits before MPI starts). Called when
+    ``tapeflow.distributed`` is imported; the failing rank starts MPI only to abort."""
+    from .launcher import job_place
+
+    rank, size = job_place()
+    if size <= 1 or _startup or not enabled_by_default():
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb) -> None:
+        previous(exc_type, exc, tb)  # the traceback first, as Python prints it
+        mpi = sys.modules.get("mpi4py.MPI")
+        if installed() or (mpi is not None and mpi.Is_finalized()):
+            return  # dist.init()'s handling is in charge, or MPI is over
+        abort(f"tapeflow: rank {rank}/{size} failed before dist.init(): {exc_type.__name__}: "
+              f"{exc}; ending the job")
+    sys.excepthook = hook
+    _startup.append(hook)
+
+
+_startup: list = []
 
 
 def uninstall() -> None:

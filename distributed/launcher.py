@@ -50,6 +50,20 @@ _JOB_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
 _JOB_HINT_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_FD", "HYDRA_CONTROL_FD")
 
 
+def job_place(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``(rank, size)`` as the launcher announced them, known before MPI starts; ``(0, 1)``
+    outside a job."""
+    environ = os.environ if environ is None else environ
+
+    def first(names: tuple[str, ...], default: int) -> int:
+        for name in names:
+            value = environ.get(name, "")
+            if value.strip().isdigit():
+                return int(value)
+        return default
+    return first(_JOB_HINT_VARS[:3], 0), first(_JOB_SIZE_VARS, 1)
+
+
 def inside_mpi_job(environ: Mapping[str, str] | None = None) -> bool:
     """Whether this process was started as a rank of an MPI job (``mpiexec``'s variables)."""
     environ = os.environ if environ is None else environ

@@ -97,6 +97,24 @@ def test_exception_on_one_rank_ends_the_job(run_job):
     assert "rank 0 finished" not in job.stdout
 
 
+def test_exception_on_one_rank_before_init_ends_the_job(run_job):
+    # mpiexec alone leaves rank 0 waiting in MPI start-up for ever (checked: a hang)
+    job, seconds = run_job("""
+        import os
+        import tapeflow.distributed as dist
+        if os.environ["PMI_RANK"] == "1":
+            raise FileNotFoundError("shard1.npy on purpose")
+        comm = dist.init()
+        comm.barrier()
+        print("rank 0 finished", flush=True)
+    """, timeout=120)
+    assert job.returncode != 0
+    assert seconds < 10
+    assert ("tapeflow: rank 1/2 failed before dist.init(): FileNotFoundError: shard1.npy on "
+            "purpose") in job.stderr
+    assert "rank 0 finished" not in job.stdout
+
+
 def test_exception_in_a_thread_ends_the_job(run_job):
     job, seconds = run_job(_loop("thread"))
     assert job.returncode != 0
