@@ -276,7 +276,7 @@ class Optimizer:
         work = [(v, None if s else xp_of(v._value).empty_like(v._value), xp_of(v._value))
                 for v, s in zip(variables, scratch)]
         built: list = []
-        scaled: list = [None, []]  # the learning rate last used, as a scalar of each dtype
+        scaled: list = [None, []]  # the learning rate last used; it in each variable's dtype
 
         def kernel(*grads) -> None:
             if not self._plain_sgd():
