@@ -6,7 +6,8 @@ Not a test and not a dependency: PyTorch and JAX are used only when importable. 
 
 One process pinned to one core, one BLAS/intra-op thread for every framework. Each workload
 times every framework in blocks, interleaved round by round (a, b, c, a, b, c, ...), so the
-ratios printed are medians of ratios measured within a round, under the same conditions.
+ratios printed are medians of ratios measured within a round, under the same conditions (in
+brackets: the lowest and highest of those within-round ratios).
 Workloads: plain SGD (lr 0.01) on real MNIST batches (float32; ``TAPEFLOW_DATA_DIR`` or the
 data cache must hold MNIST), cycling over 16 batches:
 
@@ -315,6 +316,12 @@ def _ratio(per: dict, a: str, b: str) -> float | None:
     return statistics.median(tb / ta for ta, tb in zip(per[a], per[b]))
 
 
+def _ratio_range(per: dict, a: str, b: str) -> tuple[float, float]:
+    """The lowest and highest of the within-round ratios (the spread behind the median)."""
+    ratios = [tb / ta for ta, tb in zip(per[a], per[b])]
+    return min(ratios), max(ratios)
+
+
 def run(workloads, rounds: int) -> dict:
     results = {}
     steps_of = {"mlp_small": 200, "mlp_large": 20, "cnn": 2}
@@ -340,9 +347,13 @@ def run(workloads, rounds: int) -> dict:
         spread = {k: (1 / max(v), 1 / min(v)) for k, v in per.items()}
         ratios = {f"tp.function / {k}": _ratio(per, "tp.function", k) for k in fns
                   if k != "tp.function"}
-        results[w] = {"batch": batch, "steps_per_s": sps, "spread": spread, "ratios": ratios}
+        ranges = {f"tp.function / {k}": _ratio_range(per, "tp.function", k) for k in fns
+                  if k != "tp.function"}
+        results[w] = {"batch": batch, "steps_per_s": sps, "spread": spread, "ratios": ratios,
+                      "ratio_spread": ranges}
         print(f"{w} (batch {batch}): " + "  ".join(f"{k} {v:,.1f}/s" for k, v in sps.items()))
-        print("    " + "  ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+        print("    " + "  ".join(f"{k} {v:.2f}x [{ranges[k][0]:.2f}-{ranges[k][1]:.2f}]"
+                                 for k, v in ratios.items()))
     return results
 
 
