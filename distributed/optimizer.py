@@ -24,6 +24,7 @@ import numpy as np
 
 from tapeflow.tape import GradientTape
 from tapeflow.tensor import Tensor
+from tapeflow.trace import replayed
 
 from .base import Communicator
 from .registry import get_comm
@@ -63,6 +64,7 @@ class DistributedOptimizer:
         """The wrapped optimizer."""
         return self._optimizer
 
+    @replayed  # inside tp.function: the reduction and the update run on every replay
     def apply_gradients(self, grads_and_vars: Iterable) -> None:
         pairs = list(grads_and_vars)
         variables = [v for _, v in pairs]

@@ -415,14 +415,31 @@ def _scratch_flags(slots: list, n: int, root: Callable, group_end: dict,
     return tuple(r in buf_of and group_end[r] == n and roots.count(r) == 1 for r in roots)
 
 
+def _replay_factory(obj: Any, fn: Callable) -> Callable | None:
+    """``obj``'s ``_tp_replay_<name>`` for the recorded method ``fn``, only where it stands for
+    ``fn`` itself: found on ``obj``'s class (never through a wrapper's ``__getattr__``, which
+    would hand over the wrapped object's kernel and skip the wrapper's own work), and defined
+    by the class that defines ``fn`` or a subclass of it (a subclass overriding the method
+    does not inherit the kernel of the method it replaced)."""
+    name = getattr(fn, "__name__", "")
+    mro = type(obj).__mro__
+    owner = next((i for i, k in enumerate(mro) if name in vars(k)), None)
+    kernel = next((i for i, k in enumerate(mro) if f"_tp_replay_{name}" in vars(k)), None)
+    if owner is None or kernel is None or kernel > owner:
+        return None
+    method = vars(mro[owner])[name]
+    if getattr(method, "__wrapped__", method) is not fn:
+        return None
+    return getattr(obj, f"_tp_replay_{name}")
+
+
 def _call_kernel(fn: Callable, args: tuple, kwargs: dict, slot_leaves: list,
                  host: bool = True, scratch: tuple = ()) -> Callable:
     """Re-run a replayed method with this step's tensors; or, if its object offers one
     (``_tp_replay_<method>(*args)``, e.g. SGD's fused update), that kernel on the arrays.
     A factory taking ``_tp_scratch`` gets ``scratch``: per traced argument, whether its
     kernel may overwrite that array (a plan buffer nothing reads afterwards)."""
-    make = getattr(args[0], f"_tp_replay_{getattr(fn, '__name__', '')}", None) \
-        if args and host else None
+    make = _replay_factory(args[0], fn) if args and host else None
     if make is not None:  # it gets the traced Tensor arguments' arrays, in order
         extra = {"_tp_scratch": scratch} if any(scratch) and \
             "_tp_scratch" in inspect.signature(make).parameters else {}
