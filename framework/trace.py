@@ -33,7 +33,7 @@ import numpy as np
 from . import nest
 from .tensor import _TRACE, Tensor, Variable
 
-__all__ = ["Tracer", "TraceError", "replayed"]
+__all__ = ["Tracer", "TraceError", "replayed", "replayed_value"]
 
 
 class TraceError(TypeError):
@@ -182,4 +182,27 @@ def replayed(fn: Callable) -> Callable:
         if _TRACE:
             return _TRACE[-1].call(fn, args, kwargs)
         return fn(*args, **kwargs)
+    wrapper._tp_replayed = True
+    return wrapper
+
+
+def replayed_value(fn: Callable) -> Callable:
+    """Mark a method that reads state into a Tensor (``Metric.result``) for ``tp.function``:
+    traced, each replay calls it again, at this point among the state changes, and its value
+    is a traced Tensor (not the value at trace time, frozen). Its arguments must not be
+    traced Tensors."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if not _TRACE:
+            return out
+        value = out if isinstance(out, Tensor) else Tensor(np.asarray(out))
+        traced = Tensor(value._value.copy())
+
+        def kernel():
+            now = fn(*args, **kwargs)
+            return (now._value if isinstance(now, Tensor) else np.asarray(now),)
+        _TRACE[-1].effect(kernel, (), (traced,))
+        return traced
+    wrapper._tp_replayed = True
     return wrapper

@@ -625,3 +625,65 @@ def test_an_overridden_apply_gradients_is_replayed_not_the_base_kernel():
     step(tp.constant([2.0, 4.0]))
     step(tp.constant([2.0, 4.0]))
     np.testing.assert_allclose(w.numpy(), [1.0 - 0.2, 2.0 - 0.4], rtol=1e-6)
+
+
+# -- Keras pieces inside tp.function, as TensorFlow's "training loop from scratch" uses them:
+# metrics updated inside the traced step and read outside, BatchNormalization's moving
+# statistics, float labels.
+
+def _keras_step(traced: bool):
+    keras = tp.keras
+    model = keras.Sequential([keras.layers.Dense(8, activation="relu"),
+                              keras.layers.BatchNormalization(), keras.layers.Dense(3)])
+    model.build((None, 6))
+    opt = SGD(0.1)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    acc = keras.metrics.SparseCategoricalAccuracy()
+    mean_loss = keras.metrics.Mean()
+
+    def step(x, y):
+        with tp.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = loss_fn(y, logits)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        acc.update_state(y, logits)
+        return loss, mean_loss(loss)  # calling a metric: update, then its result now
+    return model, acc, mean_loss, (tp.function(step) if traced else step)
+
+
+def test_keras_metrics_and_batch_norm_inside_a_trace_follow_every_replay():
+    runs = []
+    for traced in (False, True):
+        tp.random.set_seed(0)
+        model, acc, mean_loss, step = _keras_step(traced)
+        rows = []
+        for x, y in _batches(n=3, k=3):
+            loss, running = step(tp.constant(x), tp.constant(y.astype("f4")))  # float labels
+            rows.append((float(loss), float(running), float(acc.result())))
+        stats = [v.numpy() for v in model.variables]
+        acc.reset_state()
+        runs.append((rows, stats, float(acc.result())))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):  # moving mean/variance included
+        np.testing.assert_array_equal(a, b)
+    assert runs[1][2] == 0.0
+    losses = [r[0] for r in runs[1][0]]
+    # the metric called inside the step returned the running mean of this replay, not a value
+    # frozen at trace time
+    assert [r[1] for r in runs[1][0]] == pytest.approx(
+        [float(np.mean(np.float32(losses[:i + 1]))) for i in range(3)], rel=1e-6)
+
+
+def test_a_metric_reset_inside_a_trace_resets_on_every_replay():
+    m = tp.keras.metrics.Sum()
+
+    @tp.function
+    def step(x):
+        m.reset_state()
+        m.update_state(x)
+        return m.result()
+
+    assert float(step(tp.constant([1.0, 2.0]))) == 3.0
+    assert float(step(tp.constant([5.0, 2.0]))) == 7.0
+    assert step.experimental_get_tracing_count() == 1

@@ -152,6 +152,11 @@ def test_lazy_dense_builds_on_first_call():
     model = nn.Sequential([nn.Dense(4), nn.Dense(2)])
     model.build((6,))
     assert [v.shape for v in model.variables] == [(6, 4), (4,), (4, 2), (2,)]
+    keras_way = nn.Sequential([nn.Dense(4), nn.Dense(2)])
+    keras_way.build((None, 6))  # Keras's spelling: the batch dimension first, as None
+    assert [v.shape for v in keras_way.variables] == [(6, 4), (4,), (4, 2), (2,)]
+    with pytest.raises(ValueError, match=r"None only as its first \(batch\) dimension"):
+        nn.Sequential([nn.Dense(4)]).build((None, None))
 
 
 def test_state_dict_round_trip():

@@ -59,7 +59,7 @@ def sparse_categorical_crossentropy(y_true: Any, y_pred: Any, from_logits: bool 
         raise ValueError("sparse_categorical_crossentropy: only the last axis holds classes")
     labels = convert_to_tensor(y_true)
     if labels.dtype.kind == "f":
-        labels = Tensor(labels.numpy().astype(np.int64))
+        labels = ops.cast(labels, "int64")  # truncated, as astype (and traceable)
     return nn_losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=from_logits,
                                                      reduction="none")
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..tensor import Tensor, constant, convert_to_tensor
+from ..trace import replayed, replayed_value
 
 __all__ = ["sparse_categorical_accuracy", "categorical_accuracy", "binary_accuracy", "Metric",
            "Mean", "Sum", "MeanMetricWrapper", "SparseCategoricalAccuracy", "CategoricalAccuracy",
@@ -58,17 +59,33 @@ def binary_accuracy(y_true: Any, y_pred: Any, threshold: float = 0.5) -> Tensor:
 
 class Metric(ABC):
     """Base of stateful metrics: ``update_state(...)``, ``result()`` (a float32 scalar
-    Tensor), ``reset_state()``; calling the metric updates it and returns the result."""
+    Tensor), ``reset_state()``; calling the metric updates it and returns the result.
+
+    Inside ``tp.function`` (as Keras metrics inside ``tf.function``) every replay updates the
+    metric with that step's tensors and ``result()`` is read at its place in the step: each
+    subclass's ``update_state``/``reset_state``/``result`` are marked for replay here."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, mark in (("update_state", replayed), ("reset_state", replayed),
+                           ("result", replayed_value)):
+            method = vars(cls).get(name)
+            if method is not None and not getattr(method, "_tp_replayed", False) \
+                    and not getattr(method, "__isabstractmethod__", False):
+                setattr(cls, name, mark(method))
 
     def __init__(self, name: str | None = None, dtype: str = "float32") -> None:
         self.name = name or _snake(type(self).__name__)
         self.dtype = dtype
-        self.reset_state()
+        reset = type(self).reset_state
+        getattr(reset, "__wrapped__", reset)(self)  # now, even when built inside a trace
 
+    @replayed
     def reset_state(self) -> None:
         self._total = 0.0
         self._count = 0.0
 
+    @replayed_value
     def result(self) -> Tensor:
         value = self._total / self._count if self._count else 0.0
         return constant(np.asarray(value, dtype=self.dtype))

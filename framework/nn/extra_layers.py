@@ -96,7 +96,7 @@ class Embedding(Module):
     def call(self, x: Any, training: bool = False) -> Tensor:
         ids = convert_to_tensor(x)
         if ids.dtype.kind == "f":  # Keras casts float ids (e.g. from a numpy float array)
-            ids = Tensor(ids.numpy().astype(np.int64))
+            ids = ops.cast(ids, "int64")  # truncated, as astype (and traceable)
         return F.embedding_lookup(self.embeddings, ids)
 
 
@@ -144,9 +144,10 @@ class BatchNormalization(Module):
         if training:
             mean, var = _exact_moments(x, reduce_axes, keepdims=False)
             m = self.momentum
-            self.moving_mean.assign(self.moving_mean.numpy() * m + mean.numpy() * (1 - m))
-            self.moving_variance.assign(self.moving_variance.numpy() * m
-                                        + var.numpy() * (1 - m))
+            # tensor ops, so tp.function records the updates (no gradient flows into them)
+            self.moving_mean.assign(self.moving_mean * m + ops.stop_gradient(mean) * (1 - m))
+            self.moving_variance.assign(self.moving_variance * m
+                                        + ops.stop_gradient(var) * (1 - m))
         else:
             mean, var = self.moving_mean, self.moving_variance
         gamma = None if self.gamma is None else ops.reshape(self.gamma, shape)

@@ -288,9 +288,16 @@ class Sequential(Module):
     def build(self, input_shape: tuple[int, ...], dtype: str = "float32") -> None:
         """Create lazily built variables by running a zero batch of ``(1, *input_shape)``.
 
-        Call it outside any ``GradientTape``.
+        Keras's spelling with the batch dimension, ``build((None, 784))``, works too (a
+        leading ``None`` is the batch). Call it outside any ``GradientTape``.
         """
-        self(np.zeros((1,) + tuple(input_shape), dtype))
+        shape = tuple(input_shape)
+        if shape and shape[0] is None:
+            shape = shape[1:]
+        if any(d is None for d in shape):
+            raise ValueError(f"build: input_shape {tuple(input_shape)} may have None only as "
+                             "its first (batch) dimension")
+        self(np.zeros((1,) + shape, dtype))
 
     def __len__(self) -> int:
         return len(self.layers)
