@@ -687,3 +687,42 @@ def test_a_metric_reset_inside_a_trace_resets_on_every_replay():
     assert float(step(tp.constant([1.0, 2.0]))) == 3.0
     assert float(step(tp.constant([5.0, 2.0]))) == 7.0
     assert step.experimental_get_tracing_count() == 1
+
+
+def test_tensorflows_from_scratch_loop_runs_as_written():
+    # The tutorial's train/test steps with only the import changed: Keras model, loss,
+    # optimizer and metrics, `trainable_weights`, metrics read and reset between epochs
+    import tapeflow as tf
+    keras = tf.keras
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(20, 4))
+    x = rng.normal(size=(256, 20)).astype("float32")
+    y = np.argmax(x @ teacher, axis=1)
+    model = keras.Sequential([keras.Input(shape=(20,)),
+                              keras.layers.Dense(32, activation="relu"), keras.layers.Dense(4)])
+    optimizer = keras.optimizers.Adam(learning_rate=1e-2)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    train_acc_metric = keras.metrics.SparseCategoricalAccuracy()
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss_value = loss_fn(y, logits)
+        grads = tape.gradient(loss_value, model.trainable_weights)
+        optimizer.apply_gradients(zip(grads, model.trainable_weights))
+        train_acc_metric.update_state(y, logits)
+        return loss_value
+
+    accuracies = []
+    for epoch in range(12):
+        for i in range(0, len(x), 64):
+            train_step(x[i:i + 64], y[i:i + 64])
+        accuracies.append(float(train_acc_metric.result()))
+        train_acc_metric.reset_state()
+    assert train_step.experimental_get_tracing_count() == 1
+    logits = model(x).numpy()
+    assert accuracies[-1] > accuracies[0] and accuracies[-1] > 0.8, accuracies
+    # the metric saw every replay: the last epoch's accuracy is the model's on the data it
+    # was updated with, within the one epoch of training that separates them
+    assert abs(accuracies[-1] - float(np.mean(logits.argmax(1) == y))) < 0.1

@@ -155,6 +155,11 @@ class Module:
     def non_trainable_variables(self) -> list[Variable]:
         return [v for _, v in self.named_variables() if not v.trainable]
 
+    # Keras's names for the same lists (``model.trainable_weights`` in its training loops)
+    weights = variables
+    trainable_weights = trainable_variables
+    non_trainable_weights = non_trainable_variables
+
     @property
     def submodules(self) -> list["Module"]:
         """Every nested module (not this one), in walk order."""
