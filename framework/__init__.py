@@ -17,7 +17,8 @@ from .clip_ops import clip_by_global_norm, clip_by_norm
 from .custom import custom_gradient
 from .devices import DeviceSpec, device
 from .device_ops import to_device
-from .traced_function import Function, TensorSpec, function
+from .traced_function import Function, TensorSpec, executing_eagerly, function
+from .traced_function import print_ as print  # tf.print; kept out of __all__ (the builtin)
 from .math_ops import *  # noqa: F401,F403
 from .math_ops import __all__ as _math_ops_all
 from .ops import *  # noqa: F401,F403
@@ -39,7 +40,8 @@ __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
     "GradientTape", "UnconnectedGradients", "custom_gradient", "stop_gradient", "PRIMITIVES",
     "device", "DeviceSpec", "to_device",
     "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "checkpoint",
-    "optimizers", "distributed", "function", "Function", "TensorSpec", "float16", "float32",
+    "optimizers", "distributed", "function", "Function", "TensorSpec", "executing_eagerly",
+    "float16", "float32",
     "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
 })
 

@@ -32,6 +32,7 @@ gradients it returns are the ones connected on this rank at trace time.
 from __future__ import annotations
 
 import functools
+import sys
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -41,10 +42,11 @@ from . import nest
 from . import random as tp_random
 from .plan import Plan, compile_plan
 from .recording import _ACTIVE
-from .tensor import _TRACE, Tensor, Variable, as_dtype
+from .tensor import _TRACE, Tensor, Variable, as_dtype, to_numpy
 from .trace import Tracer
 
-__all__ = ["function", "Function", "ConcreteFunction", "TensorSpec"]
+__all__ = ["function", "Function", "ConcreteFunction", "TensorSpec", "print_",
+           "executing_eagerly"]
 
 
 class TensorSpec:
@@ -335,3 +337,64 @@ def function(func: Callable | None = None, input_signature=None,
     def decorate(fn: Callable) -> Function:
         return Function(fn, input_signature, reduce_retracing)
     return decorate if func is None else decorate(func)
+
+
+def executing_eagerly() -> bool:
+    """``tf.executing_eagerly``: False while ``tp.function`` traces a function (its body runs
+    once, to be replayed), True otherwise."""
+    return not _TRACE
+
+
+def print_(*inputs: Any, output_stream: Any = None, sep: str = " ", end: str = "\n",
+           summarize: int = 3, name: str | None = None) -> None:
+    """``tf.print`` (``tp.print``): print tensors and other values every time this runs; inside
+    ``tp.function`` on every call, with that call's values (Python's ``print`` runs only while
+    tracing). ``output_stream``: ``sys.stderr`` (the default, as TensorFlow), ``sys.stdout``,
+    any object with ``write``, or ``"file://PATH"`` (appended). Tensors print like NumPy
+    arrays, with ``summarize`` items at each end of a long axis (``-1``: all).
+
+    >>> import tapeflow as tp, sys
+    >>> tp.print("x:", tp.constant([1, 2, 3]), output_stream=sys.stdout)
+    x: [1 2 3]
+    """
+    del name
+    if summarize is not None and summarize != -1 and summarize < 0:
+        raise ValueError(f"tp.print: summarize must be -1 or >= 0, got {summarize}")
+
+    def emit(values) -> None:
+        text = sep.join(_printable(v, summarize) for v in values) + end
+        stream = sys.stderr if output_stream is None else output_stream
+        if isinstance(stream, str):
+            if not stream.startswith("file://"):
+                raise ValueError(f"tp.print: output_stream {stream!r} is not a stream or a "
+                                 "'file://PATH'")
+            with open(stream[len("file://"):], "a", encoding="utf-8") as f:
+                f.write(text)
+            return
+        stream.write(text)
+        if hasattr(stream, "flush"):
+            stream.flush()
+
+    if not _TRACE:
+        emit(inputs)
+        return
+    where = [i for i, v in enumerate(inputs) if isinstance(v, Tensor)]
+
+    def kernel(*arrays) -> None:
+        values = list(inputs)
+        for i, a in zip(where, arrays):
+            values[i] = a
+        emit(values)
+    _TRACE[-1].effect(kernel, tuple(inputs[i] for i in where))
+
+
+def _printable(v: Any, summarize: int) -> str:
+    if isinstance(v, Tensor):
+        v = v._value
+    if isinstance(v, str) or not hasattr(v, "shape"):
+        return str(v)
+    a = to_numpy(v)
+    if summarize == -1:
+        return np.array2string(a, separator=" ", threshold=sys.maxsize)
+    return np.array2string(a, separator=" ", threshold=2 * summarize, edgeitems=summarize)
+

@@ -726,3 +726,27 @@ def test_tensorflows_from_scratch_loop_runs_as_written():
     # the metric saw every replay: the last epoch's accuracy is the model's on the data it
     # was updated with, within the one epoch of training that separates them
     assert abs(accuracies[-1] - float(np.mean(logits.argmax(1) == y))) < 0.1
+
+
+def test_tp_print_runs_on_every_call_and_python_print_only_when_tracing(capsys, tmp_path):
+    # The "Better performance with tf.function" guide's contrast, with TF's default stream
+    @tp.function
+    def f(x):
+        print("Traced with", tp.executing_eagerly())
+        tp.print("Executed with", x)
+        tp.print(x * 10, output_stream=f"file://{tmp_path / 'log.txt'}")
+        return x + 1
+
+    f(tp.constant([1, 2]))
+    f(tp.constant([3, 4]))
+    out = capsys.readouterr()
+    assert out.out == "Traced with False\n"
+    assert out.err == "Executed with [1 2]\nExecuted with [3 4]\n"
+    assert (tmp_path / "log.txt").read_text() == "[10 20]\n[30 40]\n"
+    assert tp.executing_eagerly()
+    tp.print("eager", tp.constant(2.5), [1, 2], sep="|", end="!\n")
+    assert capsys.readouterr().err == "eager|2.5|[1, 2]!\n"
+    tp.print(tp.range(10))
+    assert capsys.readouterr().err == "[0 1 2 ... 7 8 9]\n"  # summarize=3, as TF
+    with pytest.raises(ValueError, match="output_stream"):
+        tp.print(1, output_stream="stdout")
