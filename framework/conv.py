@@ -252,12 +252,31 @@ def _(gy, ans, xs, shapes, needs, ksize, strides, dilations):
 # ---------------------------------------------------------------- tp.function plan kernels
 # ``factory(input_metas, out_meta, params, in_slots, shared) -> kernel(*arrays, out)``: the
 # same functions, with their workspaces (the patch matrix, a tap's window) made once.
+def _contiguous(kernel, metas):
+    """``kernel`` with its array inputs made C-contiguous in buffers kept for the purpose: a
+    gradient arriving as a strided view (the slice a SAME padding's gradient takes) would
+    otherwise be copied by a reshape into a new array on every replay."""
+    bufs = [None] * len(metas)
+
+    def run(*arrays, out):
+        fixed = []
+        for i, a in enumerate(arrays):
+            if not a.flags.c_contiguous:
+                if bufs[i] is None:
+                    bufs[i] = np.empty(metas[i][0], metas[i][1])
+                np.copyto(bufs[i], a)
+                a = bufs[i]
+            fixed.append(a)
+        return kernel(*fixed, out=out)
+    return run
+
+
 def _conv_kernel(metas, out_meta, params, ins, shared):
     (xshape, dt), (wshape, _) = metas
     n, oh, ow, _ = out_meta[0]
     work = np.empty(_blocks(n, oh, ow, int(np.prod(wshape[:3])), np.dtype(dt).itemsize)[1], dt)
     s, d = params["strides"], params["dilations"]
-    return lambda x, w, out: _conv(x, w, s, d, out=out, work=work)
+    return _contiguous(lambda x, w, out: _conv(x, w, s, d, out=out, work=work), metas)
 
 
 def _backprop_input_kernel(metas, out_meta, params, ins, shared):
@@ -267,7 +286,8 @@ def _backprop_input_kernel(metas, out_meta, params, ins, shared):
     width = k if k <= _ONE_GEMM_MAX_K else wshape[2]
     work = np.empty(_blocks(n, oh, ow, width, np.dtype(dt).itemsize)[1], dt)
     shape, s, d = params["shape"], params["strides"], params["dilations"]
-    return lambda g, w, out: _backprop_input(g, w, shape, s, d, out=out, work=work)
+    return _contiguous(lambda g, w, out: _backprop_input(g, w, shape, s, d, out=out,
+                                                         work=work), metas)
 
 
 def _backprop_filter_kernel(metas, out_meta, params, ins, shared):
@@ -279,7 +299,8 @@ def _backprop_filter_kernel(metas, out_meta, params, ins, shared):
     work = np.empty(_blocks(n, oh, ow, width, np.dtype(dt).itemsize)[1], dt)
     part = np.empty((width, cout), dt)
     ks, s, d = params["ksize"], params["strides"], params["dilations"]
-    return lambda x, g, out: _backprop_filter(x, g, ks, s, d, out=out, work=work, part=part)
+    return _contiguous(lambda x, g, out: _backprop_filter(x, g, ks, s, d, out=out, work=work,
+                                                          part=part), metas)
 
 
 PLAN_KERNELS = {"conv2d": _conv_kernel, "conv2d_backprop_input": _backprop_input_kernel,

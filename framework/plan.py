@@ -129,10 +129,30 @@ def _relu_kernel(out_meta: tuple, shared: dict) -> Callable:
     return lambda x, out: maximum(x, zeros, out=out)
 
 
+def _pad_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
+                shared: dict) -> Callable:
+    """Constant padding into ``out=``: the border (rewritten every call: the buffer may serve
+    another op in between) and the interior copy, what ``np.pad`` computes, no new array."""
+    shape = metas[0][0]
+    paddings, value = params["paddings"], params["constant_values"]
+    interior = tuple(slice(lo, lo + d) for (lo, _), d in zip(paddings, shape))
+    borders = []
+    for k, ((lo, hi), d) in enumerate(zip(paddings, shape)):
+        for part in ((slice(0, lo),) if lo else ()) + ((slice(lo + d, None),) if hi else ()):
+            borders.append(tuple(part if j == k else slice(None) for j in range(len(shape))))
+
+    def kernel(x, out):
+        for b in borders:
+            out[b] = value
+        out[interior] = x
+    return kernel
+
+
 # Kernels with temporaries: ``factory(input_metas, out_meta, params, in_slots, shared)``.
 FACTORIES: dict[Any, Callable] = {
     "sparse_softmax_cross_entropy": _xent_kernel,
     P._softmax_minus_onehot: _softmax_grad_kernel,
+    "pad": _pad_kernel,
     **PX.PLAN_KERNELS,  # pooling's window max and first-maximum mask
     **CV.PLAN_KERNELS,
 }

@@ -187,19 +187,21 @@ def test_one_channel_cnn_gradients_replay_bit_for_bit_like_eager():
     assert traced.experimental_get_tracing_count() == 1
 
 
-def test_one_channel_cnn_plan_step_allocates_no_full_size_array():
-    # VALID convolutions and pooling (tiles and overlapping windows): SAME padding (pad)
-    # still allocates its result on every step.
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_one_channel_cnn_plan_step_allocates_no_full_size_array(padding):
+    # convolutions and pooling (tiles and overlapping windows), with SAME padding too (the
+    # plan pads into a buffer it keeps)
     k1, b1, k2, b2 = _cnn()[:4]
-    w = tp.Variable(np.full((5 * 5 * 4, 2), 0.01, "f4"))
+    side = 6 if padding == "SAME" else 5
+    w = tp.Variable(np.full((side * side * 4, 2), 0.01, "f4"))
 
     @tp.function
     def step(x):
         with tp.GradientTape() as tape:
-            h = tp.nn.relu(tp.nn.conv2d(x, k1, strides=2) + b1)
-            h = tp.reshape(tp.nn.max_pool2d(h, 2), (x.shape[0], -1))
-            h2 = tp.nn.conv2d(x, k2, strides=(1, 2), dilations=(2, 1)) + b2
-            h2 = tp.nn.max_pool2d(h2, 3, 2)
+            h = tp.nn.relu(tp.nn.conv2d(x, k1, strides=2, padding=padding) + b1)
+            h = tp.reshape(tp.nn.max_pool2d(h, 2, padding=padding), (x.shape[0], -1))
+            h2 = tp.nn.conv2d(x, k2, strides=(1, 2), dilations=(2, 1), padding=padding) + b2
+            h2 = tp.nn.max_pool2d(h2, 3, 2, padding)
             loss = tp.reduce_sum(h @ w) + tp.reduce_sum(h2 * h2)
         for v, g in zip([k1, b1, k2, b2, w], tape.gradient(loss, [k1, b1, k2, b2, w])):
             v.assign_sub(1e-3 * g)
