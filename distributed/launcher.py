@@ -204,12 +204,16 @@ def _kill_all(processes: Mapping[int, str]) -> None:
                 pass
 
 
+_TERM_DELAY_S = 0.5  # after the local ranks got the real signal, before mpiexec gets SIGTERM
+
 # The processes that start ranks: MPICH's Hydra proxy, Open MPI's daemons.
 _RANK_PARENTS = ("hydra_pmi_proxy", "orted", "prted")
 
 
-def _send_to_ranks(processes: Mapping[int, str], signum: int) -> None:
-    """Send ``signum`` to the ranks among ``processes`` (children of a local MPI proxy)."""
+def _send_to_ranks(processes: Mapping[int, str], signum: int) -> int:
+    """Send ``signum`` to the ranks among ``processes`` (children of a local MPI proxy);
+    returns how many were sent it."""
+    sent = 0
     for pid, started in processes.items():
         fields = _stat(pid)
         if fields is None or fields[18] != started:
@@ -219,8 +223,10 @@ def _send_to_ranks(processes: Mapping[int, str], signum: int) -> None:
                 parent = f.read().strip()
             if parent in _RANK_PARENTS:
                 os.kill(pid, signum)
+                sent += 1
         except OSError:
             pass
+    return sent
 
 
 def run_job(argv: Sequence[str], *, timeout: float | None = None, grace: float = 30.0,
@@ -228,8 +234,9 @@ def run_job(argv: Sequence[str], *, timeout: float | None = None, grace: float =
     """Run a job launcher (``mpiexec ...``) and stay responsible for every process it starts.
 
     SIGINT, SIGTERM and SIGHUP received here are passed on to the job: as they are to the
-    ranks on this machine, and as SIGTERM to mpiexec, which forwards it to every rank without a
-    banner (tapeflow-train saves a checkpoint on the first one it gets). The job is waited for.
+    ranks on this machine, then (half a second later where there were local ranks to tell) as
+    SIGTERM to mpiexec, which forwards it to every rank without a banner (tapeflow-train saves
+    a checkpoint on the first one it gets). The job is waited for.
     A job still running ``grace`` seconds after the signal, or a
     second signal, is killed (SIGKILL) with every process it started. Descendants are tracked
     while the job runs, and on Linux orphans re-parent here, so none outlives this call.
@@ -244,7 +251,7 @@ def run_job(argv: Sequence[str], *, timeout: float | None = None, grace: float =
     before = set(_descendants(os.getpid()))  # e.g. a test runner's other children: not ours
     started = time.monotonic()
     tracked: dict[int, str] = {}
-    stop_sent = None
+    stop_sent = term_at = None
     timed_out = False
     proc = None
     try:
@@ -260,8 +267,14 @@ def run_job(argv: Sequence[str], *, timeout: float | None = None, grace: float =
             now = time.monotonic()
             if signals and stop_sent is None:
                 stop_sent = now
-                _send_to_ranks(tracked, signals[0])  # local ranks learn the real signal
-                proc.send_signal(signal.SIGTERM)     # mpiexec passes SIGTERM to every rank
+                # Local ranks learn the real signal; mpiexec passes SIGTERM to every rank (and
+                # to the remote ones), a moment later where local ranks were told, so a loaded
+                # machine cannot hand them the SIGTERM first.
+                told = _send_to_ranks(tracked, signals[0])
+                term_at = now + (_TERM_DELAY_S if told else 0.0)
+            if term_at is not None and now >= term_at:
+                term_at = None
+                proc.send_signal(signal.SIGTERM)
             if stop_sent is not None and (len(signals) > 1 or now - stop_sent > grace):
                 break  # a second signal, or the grace period is over: killed below
             if timeout is not None and now - started > timeout:
