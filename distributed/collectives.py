@@ -50,30 +50,36 @@ def _like(arr: np.ndarray, t: Any) -> Any:
     return y if y.device == t.device else tp.to_device(y, t.device)
 
 
+def _collective(name: str, x: Any, forward, rule) -> Any:
+    """``forward(array) -> array`` applied to ``x``. For a Tensor it is an op a tape records
+    (named ``name``), run on the host and returned on ``x``'s device, whose gradient is
+    ``rule(g, t, y)``, written with these same collectives (so a nested tape differentiates it
+    again)."""
+    if not _is_tensor(x):
+        arr, rewrap = unwrap(x)
+        return rewrap(forward(arr))
+    tp = _tp()
+
+    def collective(t):
+        y = _like(forward(_host(t)), t)
+        return y, lambda g: rule(g, t, y)
+    collective.__name__ = collective.__qualname__ = name
+    return tp.custom_gradient(collective)(x)
+
+
 # -- allreduce ------------------------------------------------------------------------------------
 
 def allreduce(comm: Any, x: Any, op: str = "average") -> Any:
     """``x`` reduced over the ranks of ``comm``; differentiable for Tensors."""
-    if not _is_tensor(x):
-        arr, rewrap = unwrap(x)
-        return rewrap(comm._allreduce(arr, op))
-    tp = _tp()
+    def rule(g, t, y):
+        if op in ("sum", "average"):
+            return allreduce(comm, g, op)
+        total = allreduce(comm, g, "sum")
+        if op in ("max", "min"):  # where this rank held the extremum
+            return total * _tp().cast(t == y, g.dtype)
+        return total * y / t  # product: d(prod)/dx = prod / x
 
-    @tp.custom_gradient
-    def _allreduce(t):
-        y = _like(comm._allreduce(_host(t), op), t)
-
-        def grad(g):
-            if op in ("sum", "average"):
-                return allreduce(comm, g, op)
-            total = allreduce(comm, g, "sum")
-            if op in ("max", "min"):  # where this rank held the extremum
-                return total * tp.cast(t == y, g.dtype)
-            return total * y / t  # product: d(prod)/dx = prod / x
-
-        return y, grad
-
-    return _allreduce(x)
+    return _collective("_allreduce", x, lambda a: comm._allreduce(a, op), rule)
 
 
 def grouped_allreduce(comm: Any, xs: Sequence, op: str = "average") -> list:
@@ -103,25 +109,19 @@ def grouped_allreduce(comm: Any, xs: Sequence, op: str = "average") -> list:
 def allgather(comm: Any, x: Any) -> Any:
     """Every rank's ``x`` concatenated along axis 0, in rank order (first dimensions may
     differ; a scalar gives a vector of ``size``); differentiable for Tensors."""
-    if not _is_tensor(x):
-        arr, rewrap = unwrap(x)
-        return rewrap(np.concatenate([np.atleast_1d(p) for p in comm._allgather(arr)], 0))
-    tp = _tp()
+    rows: list[int] = []  # each rank's rows, known once gathered
 
-    @tp.custom_gradient
-    def _allgather(t):
-        parts = comm._allgather(_host(t))
-        rows = [int(np.atleast_1d(p).shape[0]) for p in parts]
-        y = _like(np.concatenate([np.atleast_1d(p) for p in parts], 0), t)
+    def forward(arr):
+        parts = [np.atleast_1d(p) for p in comm._allgather(arr)]
+        rows[:] = [int(p.shape[0]) for p in parts]
+        return np.concatenate(parts, 0)
 
-        def grad(g):
-            total = allreduce(comm, g, "sum")
-            start = sum(rows[:comm.rank])
-            return tp.reshape(total[start:start + rows[comm.rank]], t.shape)
+    def rule(g, t, y):
+        total = allreduce(comm, g, "sum")
+        start = sum(rows[:comm.rank])
+        return _tp().reshape(total[start:start + rows[comm.rank]], t.shape)
 
-        return y, grad
-
-    return _allgather(x)
+    return _collective("_allgather", x, forward, rule)
 
 
 # -- broadcast ------------------------------------------------------------------------------------
@@ -129,22 +129,14 @@ def allgather(comm: Any, x: Any) -> Any:
 def broadcast(comm: Any, x: Any = None, root: int = 0) -> Any:
     """Root's ``x`` on every rank; differentiable for Tensors (the root's input gets the
     summed upstream gradient)."""
-    if not _is_tensor(x):
-        arr, rewrap = (None, lambda a: a) if x is None else unwrap(x)
-        return rewrap(comm._broadcast(arr, root))
-    tp = _tp()
+    if x is None:  # a rank that only receives
+        return comm._broadcast(None, root)
 
-    @tp.custom_gradient
-    def _broadcast(t):
-        y = _like(comm._broadcast(_host(t), root), t)
+    def rule(g, t, y):
+        total = allreduce(comm, g, "sum")
+        return total if comm.rank == root else total * 0.0
 
-        def grad(g):
-            total = allreduce(comm, g, "sum")
-            return total if comm.rank == root else total * 0.0
-
-        return y, grad
-
-    return _broadcast(x)
+    return _collective("_broadcast", x, lambda a: comm._broadcast(a, root), rule)
 
 
 # -- alltoall -------------------------------------------------------------------------------------
@@ -186,22 +178,11 @@ def reducescatter(comm: Any, x: Any, op: str = "sum") -> Any:
     """``x`` reduced over the ranks, and split along axis 0: rank ``r`` gets the ``r``-th part
     (the first ``len(x) % size`` ranks get one row more). ``op``: sum or average.
     Differentiable for Tensors."""
-    if not _is_tensor(x):
-        arr, rewrap = unwrap(x)
-        return rewrap(comm._reducescatter(arr, op))
-    tp = _tp()
+    def rule(g, t, y):
+        full = allgather(comm, g)
+        return full / float(comm.size) if op == "average" else full
 
-    @tp.custom_gradient
-    def _reducescatter(t):
-        y = _like(comm._reducescatter(_host(t), op), t)
-
-        def grad(g):
-            full = allgather(comm, g)
-            return full / float(comm.size) if op == "average" else full
-
-        return y, grad
-
-    return _reducescatter(x)
+    return _collective("_reducescatter", x, lambda a: comm._reducescatter(a, op), rule)
 
 
 def scatter_rows(n: int, size: int) -> list[int]:

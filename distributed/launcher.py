@@ -46,8 +46,11 @@ def cpu_count() -> int:
 _cpu_count = cpu_count
 
 # Variables an MPI launcher sets in each rank (MPICH/Hydra, Open MPI, PMIx, Slurm's PMI).
+# (MS-MPI's MPI_LOCALNRANKS too). The one place that knows them.
+_JOB_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 _JOB_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
-_JOB_HINT_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_FD", "HYDRA_CONTROL_FD")
+_JOB_HINT_VARS = (*_JOB_RANK_VARS, "PMI_FD", "HYDRA_CONTROL_FD", "MPI_LOCALNRANKS",
+                  "MPI_LOCALNRANKIDS")
 
 
 def job_place(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
@@ -61,7 +64,7 @@ def job_place(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
             if value.strip().isdigit():
                 return int(value)
         return default
-    return first(_JOB_HINT_VARS[:3], 0), first(_JOB_SIZE_VARS, 1)
+    return first(_JOB_RANK_VARS, 0), first(_JOB_SIZE_VARS, 1)
 
 
 def inside_mpi_job(environ: Mapping[str, str] | None = None) -> bool:

@@ -10,12 +10,11 @@ from tapeflow import timeline
 
 from . import faults
 from .base import Communicator
+from .launcher import inside_mpi_job, job_place
 from .local import LocalCommunicator
 
 __all__ = ["init", "get_comm", "register_backend", "available_backends"]
 
-_LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
-                 "MPI_LOCALNRANKS", "MPI_LOCALNRANKIDS")
 _BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -49,7 +48,7 @@ def available_backends() -> list[str]:
 
 
 def _under_launcher() -> bool:
-    return any(os.environ.get(name) for name in _LAUNCHER_ENV)
+    return inside_mpi_job()
 
 
 def _auto_backend() -> str:
@@ -58,7 +57,7 @@ def _auto_backend() -> str:
         try:
             from mpi4py import MPI  # noqa: F401
         except ImportError as exc:
-            size = os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or "?"
+            size = job_place()[1]
             warnings.warn(f"running under an MPI launcher (world size {size}) but mpi4py does "
                           f"not import ({exc}); every process runs alone as rank 0 of 1",
                           RuntimeWarning, stacklevel=3)

@@ -180,17 +180,12 @@ class DistributedGradientTape:
         bufs = plan.reducer.start(tag=plan.steps)  # the layout check starts here
         try:
             results = self._reduce(plan, bufs, leaves, pos_of, sweep, acc, mode)
-        except MismatchError as exc:
-            plan.reducer.cancel()
-            if _between_tapes(exc):  # every rank is here: name the first differing tensor
-                raise self._layout_mismatch(leaves, exc) from None
-            raise
-        except BaseException:
-            plan.reducer.cancel()
-            raise
-        finally:
-            for b in plan.buckets:  # only the caller's gradients keep this step's buffers
-                b.buf = None
+        except BaseException as exc:
+            error = self._abandon(plan, leaves, exc)
+            if error is exc:
+                raise
+            raise error from None
+        _release(plan)
         if acc is not None:
             acc.count, acc.sums = 0, {}
         self.reduced = True
@@ -229,6 +224,16 @@ class DistributedGradientTape:
                 g = array_module(s._value).zeros(s.shape, s.dtype)
             out.append(None if g is None else Tensor(g))
         return out
+
+    def _abandon(self, plan: _Plan, leaves: list, exc: BaseException) -> BaseException:
+        """A reduction that will not finish: the reducer cancelled, this step's buffers let go.
+        Returns the error to raise: a mismatch every tape raised becomes the detailed one
+        naming the first differing tensor."""
+        plan.reducer.cancel()
+        _release(plan)
+        if isinstance(exc, MismatchError) and _between_tapes(exc):
+            return self._layout_mismatch(leaves, exc)
+        return exc
 
     def _pack_final(self, plan: _Plan, k: int, g, acc) -> bool:
         """Pack source ``k``'s final gradient; a full bucket goes to the reducer (True)."""
@@ -285,6 +290,7 @@ class DistributedGradientTape:
                 packed.append(k)
                 tracer.effect(functools.partial(replay.pack, k), (local[s._id],))
         replay.present = sorted(packed)
+        replay.absent = [k for k in range(len(leaves)) if k not in packed]
         outs = [Tensor(local[leaves[k]._id]._value.astype(leaves[k].dtype, copy=True))
                 for k in replay.present]
         tracer.effect(replay.finish, (), tuple(outs), guard=replay.skip)
@@ -401,6 +407,12 @@ def _begin(plan: _Plan, bufs: list) -> None:
         buf[b.total:] = 0
 
 
+def _release(plan: _Plan) -> None:
+    """Let go of this step's buffers: only the caller's gradients keep them (leases)."""
+    for b in plan.buckets:
+        b.buf = None
+
+
 def _unpack(plan: _Plan, k: int, s: Tensor):
     """Source ``k``'s reduced gradient (a view of its bucket, on ``s``'s device and dtype), or
     None where it was absent on every rank."""
@@ -427,19 +439,15 @@ class _Replay:
 
     def __init__(self, tape: DistributedGradientTape, plan: _Plan, leaves: list):
         self.tape, self.plan, self.leaves = tape, plan, leaves
-        self.present: list[int] = []
+        self.present: list[int] = []   # sources with a gradient here at trace time
+        self.absent: list[int] = []    # the others
         self.skip = [False]
         self.active = False
         self.during = 0  # buckets handed to the reducer during the sweep, this replay
 
     def _fail(self, exc: BaseException) -> BaseException:
-        self.plan.reducer.cancel()
         self.active = False
-        for b in self.plan.buckets:
-            b.buf = None
-        if isinstance(exc, MismatchError) and _between_tapes(exc):
-            return self.tape._layout_mismatch(self.leaves, exc)
-        return exc
+        return self.tape._abandon(self.plan, self.leaves, exc)
 
     def start(self) -> None:
         plan, tape = self.plan, self.tape
@@ -467,8 +475,7 @@ class _Replay:
         try:
             tape._complete(plan, self.leaves, {}, None)
             finite = plan.reducer.finish()
-            extra = [k for k in range(len(self.leaves)) if k not in self.present
-                     and _unpack(plan, k, self.leaves[k]) is not None]
+            extra = [k for k in self.absent if _unpack(plan, k, self.leaves[k]) is not None]
             if extra:
                 raise ValueError(
                     f"DistributedGradientTape inside tp.function: gradient #{extra[0]} is None "
@@ -478,8 +485,7 @@ class _Replay:
         except BaseException as exc:
             raise self._fail(exc) from None
         self.active = False
-        for b in plan.buckets:  # only the caller's gradients keep this step's buffers
-            b.buf = None
+        _release(plan)
         tape.stats = {"buckets": len(plan.buckets), "reduction": plan.reducer.path,
                       "launched_during_backward": self.during,
                       "shared_memory": plan.reducer.path == "shared-memory"}

@@ -19,28 +19,18 @@ __all__ = ["Parser", "HelpFormatter", "UsageError", "launcher_rank", "launcher_s
            "check_writable_dir", "check_writable_file", "plural", "Stopped", "stop_on_signals",
            "signal_name", "fail"]
 
-# What mpiexec (MPICH/Hydra, Open MPI, PMIx) tells each rank about its place in the job.
-_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
-
-
-def _env_int(names: tuple[str, ...], default: int) -> int:
-    for name in names:
-        try:
-            return int(os.environ[name])
-        except (KeyError, ValueError):
-            continue
-    return default
-
-
 def launcher_rank() -> int:
     """This process's rank as mpiexec announced it (0 outside a job), known before MPI init."""
-    return _env_int(_RANK_VARS, 0)
+    from tapeflow.distributed.launcher import job_place  # (imported when first asked)
+
+    return job_place()[0]
 
 
 def launcher_size() -> int:
     """The job's size as mpiexec announced it (1 outside a job), known before MPI init."""
-    return _env_int(_SIZE_VARS, 1)
+    from tapeflow.distributed.launcher import job_place
+
+    return job_place()[1]
 
 
 class UsageError(Exception):
