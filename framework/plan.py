@@ -420,7 +420,8 @@ def _assign_kernel(var, method: str, host: bool = True) -> Callable:
             var._add_(a)
         elif method == "assign_sub":
             var._subtract_(a)
-        elif host and sys.getrefcount(var._value) <= 2 and var._value.shape == a.shape:
+        elif host and sys.getrefcount(var._value) <= 2 and var._value.shape == a.shape \
+                and type(var._value) is np.ndarray:
             np.copyto(var._value, a)  # (counted: var._value and getrefcount's argument)
         else:
             var._value = a.copy()

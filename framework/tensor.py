@@ -319,14 +319,14 @@ class Variable(Tensor):
         if sys.getrefcount(v) <= 3:  # self._value, `v`, and getrefcount's own argument
             v += delta
         else:
-            self._value = v + delta
+            self._value = _array(v + delta)
 
     def _subtract_(self, delta) -> None:
         v = self._value
         if sys.getrefcount(v) <= 3:
             v -= delta
         else:
-            self._value = v - delta
+            self._value = _array(v - delta)
 
     def __repr__(self) -> str:
         return (f"<tp.Variable '{self._name}' shape={self.shape} dtype={self.dtype}, "
@@ -370,6 +370,12 @@ class VariableSlice(Tensor):
 
     def assign_sub(self, delta) -> "Variable":
         return self._update(delta, "assign_sub")
+
+
+def _array(value):
+    """``value`` as an array: NumPy's arithmetic on 0-d arrays returns a scalar (immutable, so
+    a later in-place update of the variable holding it would be lost)."""
+    return np.asarray(value) if isinstance(value, np.generic) else value
 
 
 def _format(value) -> str:

@@ -99,10 +99,15 @@ class ConcreteFunction:
         self.name = name
         self.plan = plan
         self.arg_specs = arg_specs
-        self.structured_outputs = structure
-        self._out_leaves = out_leaves   # the traced output's leaves (non-Tensors kept as-is)
-        self._out_slots = out_slots     # leaf index -> position in the plan's outputs
         self._single = isinstance(structure, Tensor) and not isinstance(structure, Variable)
+        # The traced output's leaves: non-Tensors kept as-is, Tensors as their specs (the
+        # trace-time arrays are not kept: one may be a Variable's array, which a kept
+        # reference would stop the in-place updates of).
+        self._out_leaves = [TensorSpec.from_tensor(v) if i in out_slots else v
+                            for i, v in enumerate(out_leaves)]
+        self.structured_outputs = (self._out_leaves[0] if self._single else
+                                   nest.pack_as(structure, self._out_leaves))
+        self._out_slots = out_slots     # leaf index -> position in the plan's outputs
 
     @property
     def structured_input_signature(self) -> list:

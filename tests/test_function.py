@@ -9,6 +9,7 @@ only be created on the first trace.
 from __future__ import annotations
 
 import tracemalloc
+import weakref
 
 import numpy as np
 import pytest
@@ -738,3 +739,45 @@ def test_tp_print_runs_on_every_call_and_python_print_only_when_tracing(capsys, 
     assert capsys.readouterr().err == "[0 1 2 ... 7 8 9]\n"  # summarize=3, as TF
     with pytest.raises(ValueError, match="output_stream"):
         tp.print(1, output_stream="stdout")
+
+
+def test_scalar_variable_updates_accumulate_on_every_replay_and_eagerly():
+    # A 0-d variable whose array is referenced elsewhere is updated by rebinding; NumPy's
+    # arithmetic on 0-d arrays returns an (immutable) scalar, which once lost every later
+    # in-place update: the second replay returned 3.0 again and the variable stayed at 3.0.
+    v = tp.Variable(1.0)
+
+    @tp.function
+    def inc():
+        v.assign_add(1.0)
+        return v.read_value()
+    assert [float(inc()) for _ in range(3)] == [2.0, 3.0, 4.0]
+    assert float(v.numpy()) == 4.0
+
+    @tp.function
+    def store(x):
+        v.assign(x)
+    store(tp.constant(7.0))
+    store(tp.constant(8.0))
+    assert float(v.numpy()) == 8.0
+    held = v.read_value()  # keeps the array: the update below must rebind, not lose
+    for _ in range(2):
+        v.assign_sub(1.0)
+        assert isinstance(v._value, np.ndarray)
+    assert (float(held), float(v.numpy())) == (8.0, 6.0)
+
+
+def test_a_concrete_function_keeps_output_specs_not_trace_time_arrays():
+    v = tp.Variable(np.ones(3, np.float32))
+
+    @tp.function
+    def step():
+        v.assign_add(np.ones(3, np.float32))
+        return {"v": v.read_value(), "k": 1}
+    cf = step.get_concrete_function()
+    assert cf.structured_outputs == {"v": tp.TensorSpec([3], "float32"), "k": 1}
+    before = weakref.ref(v._value)
+    step()
+    step()
+    assert before() is v._value  # updated in place: nothing pins the trace-time array
+    np.testing.assert_array_equal(v.numpy(), [3.0, 3.0, 3.0])
