@@ -289,3 +289,60 @@ def test_fit_steps_through_tp_function_unless_run_eagerly(monkeypatch):
     assert len(traced) == 1 and one == two
     for a, b in zip(eager.get_weights(), graph.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+class _Line(keras.Model):
+    """TensorFlow's "basic training loops" model: y = w * x + b on 1-D data."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.w = tp.Variable(5.0)
+        self.b = tp.Variable(0.0)
+
+    def call(self, x):
+        return self.w * x + self.b
+
+
+def _line_data():
+    x = np.linspace(-2, 2, 201).astype(np.float32)
+    noise = np.random.default_rng(0).normal(size=201).astype(np.float32)
+    return x, (x * 3.0 + 2.0 + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("loss", [
+    "mse", keras.losses.mean_squared_error, keras.losses.MeanSquaredError(),
+    lambda y_true, y_pred: tp.reduce_mean(tp.square(y_true - y_pred)),  # a custom batch mean
+])
+@pytest.mark.parametrize("run_eagerly", [False, True])
+def test_a_loss_of_1d_targets_or_a_batch_mean_is_the_batch_loss_like_keras(loss, run_eagerly):
+    # Keras divides the sum of what the loss returns by its number of elements: MSE of 1-D
+    # targets (one value for the batch) or a function returning the batch mean is the batch's
+    # loss. It was taken as one example's loss, so fit saw it divided by the batch size.
+    x, y = _line_data()
+    model = _Line()
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss=loss,
+                  metrics=["mae"], run_eagerly=run_eagerly)
+    history = model.fit(x, y, epochs=10, batch_size=1000, verbose=0)
+    w, b, losses, maes = 5.0, 0.0, [], []
+    for _ in range(10):  # full-batch gradient descent in float64
+        err = w * x.astype(np.float64) + b - y
+        losses.append(np.mean(err ** 2))
+        maes.append(np.mean(np.abs(err)))
+        w, b = w - 0.1 * np.mean(2 * err * x), b - 0.1 * np.mean(2 * err)
+    np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-5)
+    np.testing.assert_allclose(history.history["mae"], maes, rtol=1e-5)
+    np.testing.assert_allclose([model.w.numpy(), model.b.numpy()], [w, b], rtol=1e-5)
+    err = w * x + b - y
+    np.testing.assert_allclose(model.evaluate(x, y, verbose=0), [np.mean(err ** 2),
+                                                                 np.mean(np.abs(err))],
+                               rtol=1e-5)
+
+
+def test_per_output_losses_average_over_outputs_like_keras():
+    # Values per example and output: Keras's sum_over_batch_size divides by all of them.
+    x = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)
+    y = np.random.default_rng(2).normal(size=(40, 2)).astype(np.float32)
+    model = tp.nn.Sequential([tp.nn.Dense(2, input_dim=4, seed=0)])
+    model.compile(optimizer="sgd", loss=lambda t, p: tp.square(t - p))
+    pred = model.predict(x, verbose=0)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(np.mean((pred - y) ** 2), rel=1e-5)

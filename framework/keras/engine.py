@@ -77,6 +77,26 @@ def _loss_name(identifier: Any) -> str | None:
     return getattr(identifier, "name", None) or getattr(identifier, "__name__", None)
 
 
+def _per_example(fn: Any) -> Any:
+    """``fn(y_true, y_pred)`` as one value per example, which the training loop sums and
+    divides by the sample count: Keras's ``sum_over_batch_size`` divides the sum of whatever
+    the function returned by its number of elements, so a scalar (a function that already took
+    the batch mean, or ``mean_squared_error`` of 1-D targets) stands for every example of the
+    batch, and values per example and output (shape ``(batch, k)``) are averaged over ``k``."""
+    from tapeflow import ops
+
+    def per_example(y_true: Any, y_pred: Any) -> Any:
+        out = fn(y_true, y_pred)
+        value = out if isinstance(out, Tensor) else ops.convert_to_tensor(out)
+        batch = y_pred.shape[0] if getattr(y_pred, "ndim", 0) else 1
+        if value.ndim == 0:
+            return ops.broadcast_to(value, (batch,))
+        if value.ndim > 1:
+            return ops.reduce_mean(value, axis=list(range(1, value.ndim)))
+        return value
+    return per_example
+
+
 def _accuracy_for(loss_name: str | None):
     name = (loss_name or "").lower()
     if "binary" in name:
@@ -90,11 +110,14 @@ def _metric_fn(identifier: Any, loss_name: str | None) -> tuple[str, Any]:
     if identifier in ("accuracy", "acc"):
         return "accuracy", _accuracy_for(loss_name)
     if isinstance(identifier, str):
-        metric = k_metrics.get(identifier)
-        fn = getattr(metric, "fn", None)
-        if fn is None:
-            fn = k_losses.get(identifier)  # "mse", "mae": a loss as a metric
-        return identifier, fn
+        try:
+            fn = getattr(k_metrics.get(identifier), "fn", None)
+        except ValueError as unknown:
+            try:  # "mse", "mae", "binary_crossentropy": a loss as a metric, as in Keras
+                return identifier, k_losses.get(identifier)
+            except ValueError:
+                raise unknown from None
+        return identifier, fn or k_losses.get(identifier)
     if isinstance(identifier, k_metrics.Metric):
         fn = getattr(identifier, "fn", None)
         if fn is None:
@@ -123,13 +146,14 @@ def compile(model: Any, optimizer: Any = "rmsprop", loss: Any = None, metrics: A
     if isinstance(optimizer, str):
         optimizer = optimizers.get(optimizer.lower())
     loss_obj = k_losses.get(loss)
-    loss_fn = loss_obj.call if isinstance(loss_obj, k_losses.Loss) else loss_obj
+    loss_fn = _per_example(loss_obj.call if isinstance(loss_obj, k_losses.Loss) else loss_obj)
     names = []
     metric_fns = {}
     for identifier in ([metrics] if isinstance(metrics, str) else list(metrics or [])):
         name, fn = _metric_fn(identifier, _loss_name(loss))
         names.append(identifier if isinstance(identifier, str) else name)
-        metric_fns[name] = (lambda f: lambda y_true, y_pred: _host(f(y_true, y_pred)))(fn)
+        metric_fns[name] = (lambda f: lambda y_true, y_pred: _host(f(y_true, y_pred)))(
+            _per_example(fn))
     model._compiled = _Compiled(optimizer, loss_obj, loss_fn, metric_fns,
                                 {"loss": _loss_name(loss), "metrics": names,
                                  "loss_class": type(loss_obj).__name__
