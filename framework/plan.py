@@ -34,7 +34,7 @@ from . import primitives as P
 from . import primitives_ext as PX
 from .tensor import Tensor
 
-__all__ = ["Plan", "compile_plan"]
+__all__ = ["Plan", "compile_plan", "analyse"]
 
 # Elementwise forwards with an ``out=`` form that computes bit-identical results.
 _UFUNCS: dict[Any, Any] = {
@@ -236,19 +236,32 @@ def _live_nodes(nodes: list, outputs: list) -> list[bool]:
     return keep
 
 
+def analyse(tr) -> tuple[bool, dict]:
+    """``(host, alias_of)`` of a trace, found from its arrays once and kept on it (a trace
+    rebuilt for another size, :mod:`generalize`, carries them over):
+
+    * ``host``: every array is NumPy's. Buffers, out= kernels and fused kernels are NumPy's:
+      a trace on another array library (CuPy, a device) runs every op as it does eagerly, one
+      call per node (still no Tensors, tapes or dispatch);
+    * ``alias_of``: out slot -> the input slot it shares memory with, for ops (not views)
+      whose result did at trace time (a derived identity such as stop_gradient, a function
+      returning a view): they are grouped with that input like views."""
+    if getattr(tr, "alias_of", None) is None:
+        tr.host = all(isinstance(a, (np.ndarray, np.generic))
+                      for a in (*tr.arrays.values(), *tr.const.values()))
+        tr.alias_of = {} if not tr.host else {
+            node[5]: next(s for s in node[3]
+                          if np.may_share_memory(tr.values[node[5]], tr.values[s]))
+            for node in tr.nodes
+            if node[0] == "op" and not _is_view_node(node) and any(
+                np.may_share_memory(tr.values[node[5]], tr.values[s]) for s in node[3])}
+    return tr.host, tr.alias_of
+
+
 def compile_plan(tr, outputs: list) -> Plan:
     """Compile tracer ``tr``'s nodes into a :class:`Plan` returning the ``outputs`` slots."""
     nodes = [n for n, k in zip(tr.nodes, _live_nodes(tr.nodes, outputs)) if k]
-    # Buffers, out= kernels and fused kernels are NumPy's: a trace on another array library
-    # (CuPy, a device) runs every op as it does eagerly, one call per node (still no Tensors,
-    # tapes or dispatch).
-    host = all(isinstance(a, (np.ndarray, np.generic))
-               for a in (*tr.arrays.values(), *tr.const.values()))
-    # Ops whose result shares memory with an input at trace time (a derived identity such as
-    # stop_gradient, any function returning a view) are grouped with that input like views.
-    aliasing = {n for n, node in enumerate(nodes)
-                if host and node[0] == "op" and not _is_view_node(node) and any(
-                    np.may_share_memory(tr.values[node[5]], tr.values[s]) for s in node[3])}
+    host, alias_of = analyse(tr)
     end_all = len(nodes)
     nslots = len(tr.meta)
     last = [-1] * nslots
@@ -259,9 +272,8 @@ def compile_plan(tr, outputs: list) -> Plan:
             last[s] = n
         if node[0] == "op" and _is_view_node(node):
             parent[node[5]] = node[3][0]
-        elif n in aliasing:
-            parent[node[5]] = next(s for s in node[3]
-                                   if np.may_share_memory(tr.values[node[5]], tr.values[s]))
+        elif node[0] == "op" and node[5] in alias_of:
+            parent[node[5]] = alias_of[node[5]]
     for s in outputs:
         last[s] = end_all
 

@@ -57,6 +57,13 @@ class Tracer:
         self.inputs: list[int] = []
         self.arrays: dict[int, Any] = {}    # id -> traced array (to spot them in params)
         self.snapshots: dict[int, tuple] = {}  # id(snapshot) -> (snapshot, slot)
+        self.host: bool | None = None       # set by plan.analyse
+        self.alias_of: dict | None = None
+
+    def release_values(self) -> None:
+        """Drop the trace-time arrays (after compiling): a trace kept to be generalized
+        (:mod:`generalize`) needs its nodes, shapes and constants only."""
+        self.values = self.arrays = self.snapshots = self.slot_of = None
 
     # -- slots ------------------------------------------------------------------------------
     def _new(self, value, kind: str) -> int:

@@ -19,13 +19,20 @@ TensorFlow's semantics (``tf.function``):
 * Python control flow on a traced tensor's value (``if loss > 0:``, ``float(t)``,
   ``t.numpy()``) raises :class:`trace.TraceError` at trace time: the branch would be frozen.
 
-Differences from TensorFlow, by design of a concrete tracer: a ``None`` dimension of an
-``input_signature`` gets one plan per concrete size met (Python side effects run once per
-size, and each size counts as a trace); a call made while an outer ``GradientTape`` records
-runs the Python function eagerly so the outer tape can differentiate it; there is no AutoGraph
-(``if`` on a tensor is the error above, as in TF's graph mode without AutoGraph);
-``reduce_retracing`` is accepted and has no effect; random draws in a trace (dropout) are made
-again on every replay, from the global generator, which the dry trace does not advance.
+* a ``None`` dimension of an ``input_signature`` (and, with ``reduce_retracing``, a dimension
+  whose size changed) takes any size without a trace per size: the first two sizes are traced
+  and the traces generalized over the size (:mod:`generalize`), every later size replays a plan
+  made from that; where the two traces are not one computation at two sizes, each size is
+  traced.
+
+Differences from TensorFlow, by design of a concrete tracer: TensorFlow traces a ``None``
+dimension once, symbolically; here it is traced at two sizes (Python side effects run twice,
+and ``experimental_get_tracing_count()`` is 2), and a Python branch on such a size (TensorFlow:
+``x.shape[0]`` is ``None``) is frozen if both traced sizes took it. A call made while an outer
+``GradientTape`` records runs the Python function eagerly so the outer tape can differentiate
+it; there is no AutoGraph (``if`` on a tensor is the error above, as in TF's graph mode without
+AutoGraph); random draws in a trace (dropout) are made again on every replay, from the global
+generator, which the dry trace does not advance.
 Inside a trace a ``DistributedGradientTape`` cannot accumulate (``accumulation=``), and the
 gradients it returns are the ones connected on this rank at trace time.
 """
@@ -40,6 +47,7 @@ import numpy as np
 
 from . import nest
 from . import random as tp_random
+from .generalize import fit
 from .plan import Plan, compile_plan
 from .recording import _ACTIVE
 from .tensor import _TRACE, Tensor, Variable, as_dtype, to_numpy
@@ -95,11 +103,13 @@ class ConcreteFunction:
     """One trace of a :class:`Function`: its plan, argument specs and output structure."""
 
     def __init__(self, name: str, plan: Plan, arg_specs: list, structure: Any,
-                 out_leaves: list, out_slots: dict):
+                 out_leaves: list, out_slots: dict, single: bool | None = None):
         self.name = name
         self.plan = plan
         self.arg_specs = arg_specs
-        self._single = isinstance(structure, Tensor) and not isinstance(structure, Variable)
+        self._single = (isinstance(structure, Tensor) and not isinstance(structure, Variable)
+                        if single is None else single)
+        self._relaxed: tuple | None = None  # (specs with None dims, the Function's call)
         # The traced output's leaves: non-Tensors kept as-is, Tensors as their specs (the
         # trace-time arrays are not kept: one may be a Variable's array, which a kept
         # reference would stop the in-place updates of).
@@ -130,6 +140,9 @@ class ConcreteFunction:
                 s.is_compatible_with(a) and tuple(a.shape) == tuple(s.shape) or
                 s.is_compatible_with(a) and None not in (s.shape or (None,))
                 for s, a in zip(specs, arrays)):
+            if self._relaxed is not None and len(arrays) == len(self._relaxed[0]) and all(
+                    s.is_compatible_with(a) for s, a in zip(self._relaxed[0], arrays)):
+                return self._relaxed[1](*args)  # a None dimension: the same function, any size
             raise TypeError(f"{self.name}: concrete function called with arguments of shapes "
                             f"{[getattr(a, 'shape', None) for a in arrays]}; it was traced for "
                             f"{specs}")
@@ -186,6 +199,7 @@ class Function:
         functools.update_wrapper(self, fn)
         self._cache: dict = {}
         self._fast: dict = {}  # (shape, dtype, ...) of positional plain Tensors -> trace
+        self._families: dict = {}  # structure and ranks -> _Family (relaxed dimensions)
         self._tracing_count = 0
         self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -247,11 +261,7 @@ class Function:
                 if cf is not None:
                     return cf._call_arrays([a._value for a in args])
         structure, leaves = self._canonical(args, kwargs)
-        key = (_structure_key(structure), tuple(_leaf_key(v) for v in leaves))
-        cf = self._cache.get(key)
-        if cf is None:
-            cf = self._trace(structure, leaves)
-            self._cache[key] = cf
+        cf = self._concrete(structure, leaves)
         if not kwargs and all(type(a) is Tensor for a in args):
             self._fast[tuple(x for a in args for x in (a._value.shape, a._value.dtype))] = cf
         arrays = [v._value if isinstance(v, Tensor) else v for v in leaves
@@ -266,15 +276,110 @@ class Function:
             args = tuple(self.input_signature)
         structure, leaves = self._canonical(args, kwargs)
         concrete = [_placeholder(v) if isinstance(v, TensorSpec) else v for v in leaves]
-        key = (_structure_key(structure), tuple(_leaf_key(v) for v in concrete))
+        cf = self._concrete(structure, concrete)
+        relaxed = [v for v in leaves if isinstance(v, TensorSpec) and None in (v.shape or ())]
+        if relaxed:  # TensorFlow's concrete function of a None dimension takes any size
+            cf._relaxed = ([v if isinstance(v, TensorSpec) else TensorSpec.from_tensor(v)
+                            for v in leaves if isinstance(v, (Tensor, np.ndarray, TensorSpec))
+                            and not isinstance(v, Variable)], self.__call__)
+        return cf
+
+    def _concrete(self, structure: list, leaves: list) -> ConcreteFunction:
+        """The trace for this call: cached, made from a generalized trace, or traced."""
+        key = (_structure_key(structure), tuple(_leaf_key(v) for v in leaves))
         cf = self._cache.get(key)
         if cf is None:
-            cf = self._trace(structure, concrete)
+            cf = self._generalized(key, structure, leaves) or self._trace(structure, leaves)[0]
             self._cache[key] = cf
         return cf
 
+    # -- relaxed dimensions -----------------------------------------------------------------
+    def _relaxed_dims(self) -> frozenset | None:
+        """(tensor argument, axis) of every ``None`` of the input_signature."""
+        if self.input_signature is None:
+            return None
+        return frozenset((i, d) for i, spec in enumerate(nest.flatten(self.input_signature))
+                         for d, size in enumerate(spec.shape or ()) if size is None)
+
+    def _generalized(self, key: tuple, structure: list, leaves: list):
+        """A trace for a call that differs from an earlier one only in relaxed dimensions (an
+        input_signature's ``None``; with ``reduce_retracing``, whichever changed), all of one
+        size ``n``: the first such call traces; the second traces too and the two traces are
+        generalized over ``n`` (:func:`generalize.fit`); every later size is made from that
+        without running the Python function. None where this does not apply: the caller
+        traces (the traces did not fit, sizes 0 and 1, dimensions of different sizes)."""
+        dims = self._relaxed_dims()
+        if not dims and not self.reduce_retracing:
+            return None
+        shapes, fkey = [], []
+        for v, k in zip(leaves, key[1]):
+            if isinstance(v, (Tensor, np.ndarray)) and not isinstance(v, Variable):
+                shapes.append(tuple(v.shape))
+                k = ("T", len(v.shape), np.dtype(v.dtype).str)
+            fkey.append(k)
+        fkey = (key[0], tuple(fkey))
+        fam = self._families.get(fkey)
+        if fam is not None and not fam.exact and fam.template is None:
+            n1, shapes1 = fam.first[0], fam.first[1]
+            changed = frozenset((i, d) for i, (a, b) in enumerate(zip(shapes1, shapes))
+                                for d in range(len(a)) if a[d] != b[d])
+            dims = dims or changed
+            n1, n = _common(shapes1, dims), _common(shapes, dims)
+            if n is None or not changed <= dims:
+                return None
+            if n1 is None or n1 < 2:
+                fam = None  # a first trace of size 1 is no point to fit from: start again
+        if fam is None:
+            n = _common(shapes, dims) if dims else None
+            if dims and (n is None or n < 2):
+                return None
+            cf, record = self._trace(structure, leaves, keep=True)
+            self._families[fkey] = _Family(dims, (n, shapes, cf, record))
+            return cf
+        if fam.exact:
+            return None
+        if fam.template is None:  # the second size: trace it and fit the two
+            if n < 2:
+                return None
+            cf1, record1 = fam.first[2], fam.first[3]
+            cf, record = self._trace(structure, leaves, keep=True)
+            fam.dims = dims
+            fam.template = fit(record1.tracer, n1, record1.marks, record.tracer, n,
+                               record.marks, record1.slots) \
+                if record1.slots == record.slots else None
+            fam.exact = fam.template is None
+            fam.first = (n1, shapes1, cf1, None)  # (the template keeps what it needs)
+            return cf
+        n1, shapes1, cf1 = fam.first[:3]
+        n = _common(shapes, fam.dims)
+        if n is None or n < 2 or any(a[d] != b[d] for i, (a, b) in enumerate(zip(shapes1, shapes))
+                                     for d in range(len(a)) if (i, d) not in fam.dims):
+            return None
+        return self._from_template(fam, n, cf1, key)
+
+    def _from_template(self, fam: "_Family", n: int, cf1: ConcreteFunction,
+                       key: tuple) -> ConcreteFunction:
+        trace = fam.template.at(n)
+        plan = compile_plan(trace, fam.template.outputs)
+        inputs = iter(trace.inputs)
+        specs = [TensorSpec(trace.meta[next(inputs)][0], s.dtype, s.name)
+                 if isinstance(s, TensorSpec) else s for s in cf1.arg_specs]
+        slot_of = {i: fam.template.outputs[k] for i, k in cf1._out_slots.items()}
+        leaves = [TensorSpec(*trace.meta[slot_of[i]]) if i in slot_of else v
+                  for i, v in enumerate(trace.structure)]
+        cf = ConcreteFunction(self.__name__, plan, specs, cf1.structured_outputs, leaves,
+                              cf1._out_slots, single=cf1._single)
+        fam.made[n] = key
+        if len(fam.made) > _MAX_SIZES:  # plans hold buffers of their size: keep the latest
+            old = self._cache.pop(fam.made.pop(next(iter(fam.made))), None)
+            for k in [k for k, v in self._fast.items() if v is old]:
+                del self._fast[k]
+        return cf
+
     # -- tracing ----------------------------------------------------------------------------
-    def _trace(self, structure: list, leaves: list) -> ConcreteFunction:
+    def _trace(self, structure: list, leaves: list, keep: bool = False) -> tuple:
+        """Run the Python function under a tracer: ``(ConcreteFunction, record)``, the record
+        (tracer, output marks and slots, for :func:`generalize.fit`) only with ``keep``."""
         tracer = Tracer(allow_variables=self._tracing_count == 0, name=self.__name__)
         traced_leaves = []
         specs = []
@@ -306,10 +411,45 @@ class Function:
                 out_slots[i] = len(slots)
                 slots.append(tracer.slot(leaf))
         plan = compile_plan(tracer, slots)
-        return ConcreteFunction(self.__name__, plan, specs, out, out_leaves, out_slots)
+        cf = ConcreteFunction(self.__name__, plan, specs, out, out_leaves, out_slots)
+        if not keep:
+            return cf, None
+        tracer.release_values()
+        marks = [_OUT if i in out_slots else v for i, v in enumerate(out_leaves)]
+        return cf, _Record(tracer, marks, slots)
 
     def __repr__(self) -> str:
         return f"<tp.function {self.__name__}>"
+
+
+_MAX_SIZES = 8  # plans made from one generalized trace that are kept (one per size)
+_OUT = object()  # a traced output's place in a kept trace's output leaves
+
+
+class _Record:
+    """What a trace kept to be generalized holds."""
+    __slots__ = ("tracer", "marks", "slots")
+
+    def __init__(self, tracer, marks: list, slots: list):
+        self.tracer, self.marks, self.slots = tracer, marks, slots
+
+
+class _Family:
+    """The traces of calls that differ only in relaxed dimensions (see
+    :meth:`Function._generalized`)."""
+
+    def __init__(self, dims: frozenset | None, first: tuple):
+        self.dims = dims        # (tensor argument, axis) pairs; None until known
+        self.first = first      # (n, shapes, ConcreteFunction, _Record | None)
+        self.template = None    # generalize.Template, from the second size on
+        self.exact = False      # the two traces did not fit: each size is traced
+        self.made: dict = {}    # n -> cache key of a plan made from the template
+
+
+def _common(shapes: list, dims) -> int | None:
+    """The one size of ``dims`` in ``shapes`` (None where they differ)."""
+    sizes = {shapes[i][d] for i, d in dims}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _describe(v) -> str:
@@ -320,17 +460,27 @@ def _describe(v) -> str:
 
 
 def _placeholder(spec: TensorSpec) -> np.ndarray:
-    """Zeros standing in for a spec when tracing without values (``None`` dims become 1)."""
+    """Zeros standing in for a spec when tracing without values (``None`` dims become 2:
+    the smallest size a trace is generalized from)."""
     if spec.shape is None:
         raise ValueError(f"cannot trace for {spec}: its rank is unknown")
-    return np.zeros(tuple(1 if d is None else d for d in spec.shape), spec.dtype)
+    return np.zeros(tuple(2 if d is None else d for d in spec.shape), spec.dtype)
 
 
-def function(func: Callable | None = None, input_signature=None,
-             reduce_retracing: bool = False, **_ignored) -> Function | Callable:
+def function(func: Callable | None = None, input_signature=None, autograph: bool = True,
+             jit_compile: bool | None = None, reduce_retracing: bool = False,
+             experimental_implements=None, experimental_autograph_options=None,
+             experimental_attributes=None, experimental_relax_shapes: bool | None = None,
+             experimental_compile: bool | None = None,
+             experimental_follow_type_hints: bool | None = None) -> Function | Callable:
     """Trace ``func`` once per input signature and replay a static plan (``tf.function``).
 
     Usable as ``@tp.function``, ``@tp.function(input_signature=[...])`` and on methods.
+    ``reduce_retracing`` (``experimental_relax_shapes``, its old name): a call whose shapes
+    differ from an earlier trace's is traced once more and then replayed for every size of
+    the dimensions that changed (as TensorFlow relaxes them to ``None``). TensorFlow's other
+    arguments (``autograph``, ``jit_compile``, ``experimental_*``) are accepted; a traced
+    function here is always compiled into a plan and never converted by AutoGraph.
 
     >>> import tapeflow as tp
     >>> @tp.function
@@ -339,6 +489,10 @@ def function(func: Callable | None = None, input_signature=None,
     >>> f(tp.constant([1.0, 2.0]))
     tp.Tensor([2. 5.], shape=(2,), dtype=float32)
     """
+    del autograph, jit_compile, experimental_implements, experimental_autograph_options
+    del experimental_attributes, experimental_compile, experimental_follow_type_hints
+    reduce_retracing = bool(reduce_retracing or experimental_relax_shapes)
+
     def decorate(fn: Callable) -> Function:
         return Function(fn, input_signature, reduce_retracing)
     return decorate if func is None else decorate(func)
@@ -384,9 +538,10 @@ def print_(*inputs: Any, output_stream: Any = None, sep: str = " ", end: str = "
         emit(inputs)
         return
     where = [i for i, v in enumerate(inputs) if isinstance(v, Tensor)]
+    others = [None if isinstance(v, Tensor) else v for v in inputs]  # (no trace-time arrays)
 
     def kernel(*arrays) -> None:
-        values = list(inputs)
+        values = list(others)
         for i, a in zip(where, arrays):
             values[i] = a
         emit(values)
@@ -399,7 +554,10 @@ def _printable(v: Any, summarize: int) -> str:
     if isinstance(v, str) or not hasattr(v, "shape"):
         return str(v)
     a = to_numpy(v)
+    # Floats as TensorFlow prints them (C++ streams: 6 significant digits, no trailing point).
+    fmt = {"float_kind": lambda x: format(x, "g")}
     if summarize == -1:
-        return np.array2string(a, separator=" ", threshold=sys.maxsize)
-    return np.array2string(a, separator=" ", threshold=2 * summarize, edgeitems=summarize)
+        return np.array2string(a, separator=" ", threshold=sys.maxsize, formatter=fmt)
+    return np.array2string(a, separator=" ", threshold=2 * summarize, edgeitems=summarize,
+                           formatter=fmt)
 

@@ -735,6 +735,8 @@ def test_tp_print_runs_on_every_call_and_python_print_only_when_tracing(capsys, 
     assert tp.executing_eagerly()
     tp.print("eager", tp.constant(2.5), [1, 2], sep="|", end="!\n")
     assert capsys.readouterr().err == "eager|2.5|[1, 2]!\n"
+    tp.print(tp.constant([2.0, 0.1, 1e-7, 123456789.0]), tp.constant(3.0))
+    assert capsys.readouterr().err == "[2 0.1 1e-07 1.23457e+08] 3\n"  # TensorFlow's form
     tp.print(tp.range(10))
     assert capsys.readouterr().err == "[0 1 2 ... 7 8 9]\n"  # summarize=3, as TF
     with pytest.raises(ValueError, match="output_stream"):
