@@ -238,6 +238,8 @@ class Conv2D(_KernelLayer):
 class MaxPool2D(Module):
     """Max pooling over NHWC windows; ``strides`` defaults to ``pool_size``."""
 
+    _default_name = "max_pooling2d"  # Keras names this layer by its long spelling
+
     def __init__(self, pool_size: int | Sequence[int] = 2, strides=None, padding: str = "valid",
                  name: str | None = None, input_shape: Sequence[int] | None = None) -> None:
         super().__init__(name)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -100,7 +101,8 @@ class Module:
             p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
     def __init__(self, name: str | None = None) -> None:
-        self.name = name if name is not None else _snake(type(self).__name__)
+        self.name = name if name is not None else (
+            vars(type(self)).get("_default_name") or _snake(type(self).__name__))
 
     # -- calling ----------------------------------------------------------------------------
     def __call__(self, x: Any, training: bool = False) -> Any:
@@ -248,6 +250,14 @@ class Module:
         """Keras's ``predict``: see :func:`tapeflow.keras.engine.predict`."""
         return _engine().predict(self, x, **kwargs)
 
+    def summary(self, line_length: int | None = None, positions: Any = None,
+                print_fn: Any = None, **kwargs: Any) -> None:
+        """Keras's ``summary``: layers, output shapes, parameter counts and totals (see
+        :func:`tapeflow.keras.summary.summary`)."""
+        from ..keras import summary
+
+        summary.summary(self, line_length, positions, print_fn, **kwargs)
+
     def save(self, filepath: Any, **kwargs: Any) -> None:
         """Architecture, weights and optimizer state in one safetensors file (the JSON config
         in its header; no pickle). ``tp.keras.models.load_model(filepath)`` reads it back."""
@@ -303,6 +313,7 @@ class Sequential(Module):
             raise ValueError(f"build: input_shape {tuple(input_shape)} may have None only as "
                              "its first (batch) dimension")
         self(np.zeros((1,) + shape, dtype))
+        self._build_input_shape = shape
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -320,8 +331,11 @@ class Sequential(Module):
 
 # ---------------------------------------------------------------------------- internals
 def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() and i else c.lower()
-                   for i, c in enumerate(name))
+    """Keras's default layer name: ``Conv2D`` -> ``conv2d``, ``BatchNormalization`` ->
+    ``batch_normalization`` (an underscore before a capital after a lower-case letter, or
+    before a capitalised word)."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _join(prefix: str, key: str) -> str:
