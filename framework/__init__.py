@@ -7,6 +7,8 @@
 >>> tape.gradient(loss, w).numpy().ravel().tolist()
 [66.0, 88.0]
 """
+import sys as _sys
+
 from ._cli_boot import guard as _guard
 
 _guard()  # tapeflow-train & co.: Ctrl-C while this package loads ends them with one line
@@ -44,6 +46,18 @@ __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
     "float16", "float32",
     "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
 })
+
+
+# TensorFlow's `name=` on every public op (accepted, ignored): tp, tp.math, tp.linalg, tp.nn,
+# tp.random.
+from . import op_names as _op_names  # noqa: E402
+
+for _space in (_sys.modules[__name__], math, linalg, nn, random):
+    _op_names.accept_name(_space, getattr(_space, "__all__", ()))
+del _space
+# Layers resolve activation names to the public functions (`Dense.activation is tp.nn.relu`).
+nn.layers._ACTIVATIONS.update({k: _op_names.public(v)
+                               for k, v in nn.layers._ACTIVATIONS.items()})
 
 
 # Subpackages of higher layers, reachable as attributes (`tp.optimizers.SGD`) but imported on

@@ -322,7 +322,14 @@ class GradientTape:
                 raise ValueError(f"output_gradients has {len(ogs)} entries but target has "
                                  f"{len(targets)}")
         seeds = self._seeds(targets, ogs)
-        grads = self._run(seeds, {s._id for s in leaves}, on_final)
+        source_ids = {s._id for s in leaves}
+        grads = self._run(seeds, source_ids, on_final)
+        for sid in source_ids & seeds.keys() - grads.keys():
+            # A target that is itself a source, read by nothing recorded (``result = v0``):
+            # its gradient is its output gradient, as in TensorFlow.
+            grads[sid] = seeds[sid]
+            if on_final is not None:
+                on_final(sid, seeds[sid])
         self._release_if_done()
         return grads
 

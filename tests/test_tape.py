@@ -741,3 +741,18 @@ def test_custom_gradient_with_variable_as_input_needs_no_keyword():
 def test_custom_gradient_outside_a_tape_is_just_the_function():
     y = log1pexp(tp.constant(1.0))
     assert float(y) == pytest.approx(math.log1p(math.e))
+
+
+def test_a_target_that_is_a_source_has_its_output_gradient_like_tensorflow():
+    # TensorFlow's autodiff guide: `result = v0` under the tape, then
+    # tape.gradient(result, [v0, v1]) is [1.0, None] although no op read v0.
+    v0, v1 = tp.Variable(2.0), tp.Variable(2.0)
+    with tp.GradientTape(persistent=True) as tape:
+        result = v0
+    d0, d1 = tape.gradient(result, [v0, v1])
+    assert float(d0) == 1.0 and d1 is None
+    np.testing.assert_array_equal(
+        tape.gradient(result, v0, output_gradients=tp.constant(3.0)).numpy(), 3.0)
+    with tp.GradientTape() as tape:  # read by an op too: both paths count once each
+        r = v0 * 3.0
+    assert float(tape.gradient([r, v0], v0)) == 4.0

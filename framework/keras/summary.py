@@ -24,13 +24,16 @@ def summary(model: Any, line_length: int | None = None, positions: Any = None,
         raise ValueError(f"{type(model).__name__} has not been built yet, so it has no "
                          "parameters to summarize: call build((None, ...)) or call the model "
                          "on a batch first")
-    layers = list(model.layers) if isinstance(model, modules.Sequential) else [
-        m for name, m in model.named_modules() if name and "." not in name]
+    layers = list(model.layers)
     shapes = _output_shapes(model, layers)
     width = line_length or 78
     cols = [int(width * 0.42), int(width * 0.33)]
     if show_trainable:
         cols = [int(width * 0.38), int(width * 0.3)]
+    cols[0] = max(cols[0], 2 + max((len(f"{getattr(m, 'name', '')}_00 ({type(m).__name__})")
+                                    for m in layers), default=0))
+    cols[1] = max(cols[1], 2 + max(map(len, shapes), default=0))
+    width = max(width, sum(cols) + 10 + (12 if show_trainable else 0))
     out = print if print_fn is None else print_fn
     rule = "=" * width
 
@@ -79,7 +82,7 @@ def _output_shapes(model: Any, layers: list) -> list[str]:
     shape = getattr(model, "_build_input_shape", None)
     if shape is None and layers:
         shape = getattr(layers[0], "input_shape_hint", None)
-    if not isinstance(model, modules.Sequential) or shape is None:
+    if not isinstance(model, modules.Sequential) or shape is None or None in shape:
         return ["?"] * len(layers)
     from tapeflow import Tensor
 

@@ -42,12 +42,13 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
 
 
 def _shape_hint(input_shape: Sequence[int] | None) -> tuple[int, ...] | None:
-    """Keras's ``input_shape`` (no batch axis) as a tuple of ints, or None."""
+    """Keras's ``input_shape`` (no batch axis) as a tuple of ints (None for a size left open,
+    ``(None, None, 3)`` for images of any size), or None."""
     if input_shape is None:
         return None
     if isinstance(input_shape, (int, np.integer)):
         return (int(input_shape),)
-    return tuple(int(d) for d in input_shape)
+    return tuple(None if d is None else int(d) for d in input_shape)
 
 
 def _as_layer_dtype(x: Any, dtype: np.dtype) -> Any:

@@ -31,7 +31,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..tensor import Tensor, Variable
+from ..tensor import Tensor, TensorShape, Variable
+from . import init as _init
 
 __all__ = ["Module", "Sequential", "module_class"]
 
@@ -47,6 +48,38 @@ class _InitArgs:
 
     def __init__(self, args: dict[str, Any]):
         self.args = args
+
+
+class _Layers:
+    """Keras's ``model.layers`` for any module: its direct sublayers (attributes, and modules
+    in list, tuple or dict attributes), in attribute order. Not a data descriptor, so a
+    ``Sequential``'s own ``self.layers`` list takes its place."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        found: list = []
+
+        def visit(value: Any) -> None:
+            if isinstance(value, Module):
+                if all(value is not m for m in found):
+                    found.append(value)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    visit(item)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    visit(item)
+        for value in vars(obj).values():
+            visit(value)
+        return found
+
+
+# What Keras layers take in ``super().__init__(**kwargs)`` besides name/trainable/dtype.
+_KERAS_LAYER_KWARGS = {"input_shape", "input_dim", "batch_input_shape", "batch_size",
+                       "autocast", "dynamic", "activity_regularizer", "weights"}
+_ADD_WEIGHT_TF = ("name", "shape", "dtype", "initializer", "regularizer", "trainable")
+_ADD_WEIGHT_KERAS3 = ("shape", "initializer", "dtype", "trainable")
 
 
 def _recording(init):
@@ -99,16 +132,87 @@ class Module:
         params = inspect.signature(cls.call).parameters
         cls._call_takes_training = "training" in params or any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if "build" in cls.__dict__:  # Keras's protocol: a user's build(input_shape) runs
+            cls._keras_build = not cls.__module__.startswith("tapeflow.")  # on the first call
 
-    def __init__(self, name: str | None = None) -> None:
+    _keras_build = False
+
+    def __init__(self, name: str | None = None, trainable: bool = True, dtype: Any = None,
+                 **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - _KERAS_LAYER_KWARGS)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: keyword arguments not understood: "
+                            f"{unknown}")
         self.name = name if name is not None else (
             vars(type(self)).get("_default_name") or _snake(type(self).__name__))
+        if not trainable or dtype is not None:  # (what add_weight uses by default)
+            self._layer_defaults = {"trainable": bool(trainable), "dtype": dtype}
 
     # -- calling ----------------------------------------------------------------------------
     def __call__(self, x: Any, training: bool = False) -> Any:
+        if self._keras_build and not self.__dict__.get("built", False):
+            self._build_on(x)
         if self._call_takes_training:
             return self.call(x, training=training)
         return self.call(x)
+
+    def _build_on(self, x: Any) -> None:
+        """Keras: ``build(input_shape)`` once, before the first ``call`` (a list of shapes for
+        a list of inputs)."""
+        def shape(v):
+            return TensorShape(np.shape(v._value if isinstance(v, Tensor) else v))
+        self.build([shape(v) for v in x] if isinstance(x, (list, tuple)) else shape(x))
+        self.built = True
+
+    def build(self, input_shape: Any = None) -> None:
+        """Keras's ``build``: a layer creates its weights here (``add_weight``), called with
+        the input's shape before the first call; ``super().build(input_shape)`` marks it
+        built. A model that does not define ``build`` is built by running a zero batch of
+        ``input_shape`` (with or without the ``None`` batch dimension) through it."""
+        self.built = True
+        if input_shape is None or type(self).build is not Module.build \
+                or type(self).call is Module.call:
+            return
+        shape = tuple(input_shape)
+        if shape and shape[0] is None:
+            shape = shape[1:]
+        self(np.zeros((1, *shape), "float32"))
+        self._build_input_shape = shape
+
+    def add_weight(self, *args: Any, **kwargs: Any) -> Variable:
+        """Keras's ``add_weight``: a Variable tracked by this module (listed in ``variables``
+        under its ``name`` unless also kept as an attribute). Both orders are accepted:
+        Keras 3's ``add_weight(shape, initializer, dtype, trainable, ..., name=)`` and tf.keras's
+        ``add_weight(name, shape, dtype, initializer, regularizer, trainable, ...)``. The
+        initializer defaults to ``glorot_uniform`` for floats, ``zeros`` otherwise."""
+        order = (_ADD_WEIGHT_TF if args and isinstance(args[0], str) else _ADD_WEIGHT_KERAS3)
+        if len(args) > len(order):
+            raise TypeError(f"add_weight takes at most {len(order)} positional arguments")
+        for key, value in zip(order, args):
+            if key in kwargs:
+                raise TypeError(f"add_weight got multiple values for {key!r}")
+            kwargs[key] = value
+        defaults = self.__dict__.get("_layer_defaults", {})
+        shape = tuple(int(d) for d in (kwargs.get("shape") or ()))
+        dtype = np.dtype(kwargs.get("dtype") or defaults.get("dtype") or "float32")
+        init = kwargs.get("initializer") or (
+            "glorot_uniform" if dtype.kind == "f" else "zeros")
+        value = _init.get(init)(shape, dtype=dtype.name) if isinstance(init, str) or \
+            isinstance(init, _init.Initializer) else init(shape, dtype=dtype.name)
+        store = self.__dict__.setdefault("_tp_weights", {})
+        name = kwargs.get("name") or f"weight_{len(store)}"
+        key, i = name, 0
+        while key in store:
+            i += 1
+            key = f"{name}_{i}"
+        trainable = bool(kwargs.get("trainable", True)) and defaults.get("trainable", True)
+        value = value._value if isinstance(value, Tensor) else value
+        var = Variable(np.asarray(value, dtype=dtype) if isinstance(value, np.ndarray) or
+                       np.isscalar(value) else value, trainable=trainable, name=name)
+        store[key] = var
+        return var
+
+    add_variable = add_weight
 
     def call(self, x: Any, training: bool = False) -> Any:
         # A Module without `call` is a plain container of variables and submodules.
@@ -161,6 +265,8 @@ class Module:
     weights = variables
     trainable_weights = trainable_variables
     non_trainable_weights = non_trainable_variables
+
+    layers = _Layers()
 
     @property
     def submodules(self) -> list["Module"]:
@@ -292,7 +398,7 @@ class Sequential(Module):
         self.layers.append(layer)
         # Keras: a first layer that declares its input shape builds the model as it grows.
         hint = getattr(self.layers[0], "input_shape_hint", None)
-        if hint:
+        if hint and None not in hint:  # (open sizes: built on the first batch instead)
             self.build(hint)
 
     def call(self, x: Any, training: bool = False) -> Any:
@@ -350,7 +456,10 @@ def _walk_module(mod: Module, prefix: str, out: list, seen_vars: set, seen_mods:
     if mods is not None:
         mods.append((prefix, mod))
     for key, value in vars(mod).items():
-        _walk(value, _join(prefix, key), out, seen_vars, seen_mods, mods)
+        if key != "_tp_weights":
+            _walk(value, _join(prefix, key), out, seen_vars, seen_mods, mods)
+    for key, value in vars(mod).get("_tp_weights", {}).items():  # add_weight's, by name,
+        _walk(value, _join(prefix, key), out, seen_vars, seen_mods, mods)  # unless an attribute
 
 
 def _walk(obj: Any, prefix: str, out: list, seen_vars: set, seen_mods: set,
