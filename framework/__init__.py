@@ -34,6 +34,14 @@ int8, int16, int32, int64, uint8 = "int8", "int16", "int32", "int64", "uint8"
 # tp.bool is tf.bool; left out of __all__ so `from tapeflow import *` never shadows the builtin
 bool_ = bool = "bool"
 
+newaxis = None  # tf.newaxis: x[..., tp.newaxis]
+
+
+def is_tensor(x) -> bool:
+    """``tf.is_tensor``: whether ``x`` is a tp.Tensor (Variables included)."""
+    return isinstance(x, Tensor)
+
+
 __version__ = "0.1.0"
 
 __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
@@ -43,6 +51,7 @@ __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
     "device", "DeviceSpec", "to_device",
     "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "checkpoint",
     "optimizers", "distributed", "function", "Function", "TensorSpec", "executing_eagerly",
+    "newaxis", "is_tensor",
     "float16", "float32",
     "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
 })

@@ -30,6 +30,14 @@ from types import MappingProxyType
 
 import numpy as np
 
+from types import SimpleNamespace as _Namespace
+
+from .dataset import AUTOTUNE, INFINITE_CARDINALITY, UNKNOWN_CARDINALITY, Dataset
+
+#: ``tf.data.experimental``'s constants.
+experimental = _Namespace(AUTOTUNE=AUTOTUNE, INFINITE_CARDINALITY=INFINITE_CARDINALITY,
+                          UNKNOWN_CARDINALITY=UNKNOWN_CARDINALITY)
+
 __all__ = [
     "DatasetError",
     "Splits",
@@ -44,6 +52,9 @@ __all__ = [
     "batches",
     "shard_indices",
     "shard_range",
+    "Dataset",
+    "AUTOTUNE",
+    "experimental",
 ]
 
 # IDX type codes -> big-endian NumPy dtypes (http://yann.lecun.com/exdb/mnist/, "IDX format").

@@ -346,3 +346,35 @@ def test_per_output_losses_average_over_outputs_like_keras():
     model.compile(optimizer="sgd", loss=lambda t, p: tp.square(t - p))
     pred = model.predict(x, verbose=0)
     assert model.evaluate(x, y, verbose=0) == pytest.approx(np.mean((pred - y) ** 2), rel=1e-5)
+
+
+def test_save_weights_and_load_weights_round_trip_by_name(tmp_path):
+    model = _compiled(seed=3)
+    model.fit(X, Y, epochs=1, verbose=0)
+    for name in ("w.weights.h5", "ckpt"):  # Keras 3's and TF's spellings: one format here
+        model.save_weights(tmp_path / name)
+        other = _model(seed=9)
+        other.load_weights(tmp_path / name)
+        np.testing.assert_array_equal(other.predict(XV, verbose=0),
+                                      model.predict(XV, verbose=0))
+    model.save(tmp_path / "whole.keras")
+    other = _model(seed=9)
+    other.load_weights(tmp_path / "whole.keras")  # a saved model's weights load too
+    np.testing.assert_array_equal(other.predict(XV, verbose=0), model.predict(XV, verbose=0))
+    wrong = tp.nn.Sequential([tp.nn.Dense(5, input_dim=4, seed=0)])
+    with pytest.raises(ValueError, match="load_weights.*(missing|shape)"):
+        wrong.load_weights(tmp_path / "ckpt")
+    unbuilt = keras.Sequential([keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="no weights yet"):
+        unbuilt.load_weights(tmp_path / "ckpt")
+    with pytest.raises(FileExistsError):
+        model.save_weights(tmp_path / "ckpt", overwrite=False)
+
+
+def test_compiled_models_expose_optimizer_loss_and_metrics_names():
+    model = _model()
+    assert model.optimizer is None and model.metrics_names == []
+    opt = tp.optimizers.Adam(0.01)
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    assert model.optimizer is opt and model.metrics_names == ["loss", "accuracy"]
+    assert model.loss is not None

@@ -18,6 +18,7 @@ def _cnn():
 
 def test_summary_lists_layers_shapes_params_and_totals():
     lines: list[str] = []
+    keras.backend.clear_session()  # default names afresh: conv2d, ..., dense, dense_1
     _cnn().summary(print_fn=lines.append)
     text = "\n".join(lines)
     rows = [line.split() for line in lines if "(" in line and ")" in line
@@ -40,7 +41,7 @@ def test_summary_of_an_unbuilt_model_says_to_build_it_and_printing_goes_to_stdou
     model.build((None, 3))
     model.summary()
     out = capsys.readouterr().out
-    assert 'Model: "sequential"' in out and "Total params: 26" in out
+    assert f'Model: "{model.name}"' in out and "Total params: 26" in out
 
 
 def test_a_subclassed_model_lists_its_layers_without_shapes():
@@ -54,15 +55,24 @@ def test_a_subclassed_model_lists_its_layers_without_shapes():
             return self.out(self.hidden(x))
     lines: list[str] = []
     Net().summary(print_fn=lines.append)
-    assert any(line.startswith("dense (Dense)") and "?" in line and line.endswith("40")
-               for line in lines)
+    net = Net()
+    lines = []
+    net.summary(print_fn=lines.append)
+    assert any(line.startswith(f"{net.hidden.name} (Dense)") and "?" in line
+               and line.endswith("40") for line in lines)
     assert "Total params: 58 (232.00 B)" in lines
 
 
 def test_default_layer_names_are_keras_names():
+    keras.backend.clear_session()
     assert [layer(**args).name for layer, args in [
         (keras.layers.Conv2D, {"filters": 1, "kernel_size": 1}),
         (keras.layers.MaxPooling2D, {}), (keras.layers.BatchNormalization, {}),
         (keras.layers.GlobalAveragePooling2D, {})]] == [
         "conv2d", "max_pooling2d", "batch_normalization", "global_average_pooling2d"]
-    assert tp.nn.Dense(3).name == "dense"
+    assert [tp.nn.Dense(3).name for _ in range(3)] == ["dense", "dense_1", "dense_2"]
+    model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,)), keras.layers.Dense(1)])
+    assert model.get_layer("dense_4") is model.layers[1] and model.get_layer(index=0).name \
+        == "dense_3"
+    with pytest.raises(ValueError, match="no layer named 'x'"):
+        model.get_layer("x")

@@ -24,6 +24,9 @@ Model = getattr(nn, "Model", nn.Module)
 Input = nn.Input
 
 from . import callbacks, models  # noqa: E402  (models re-exports Sequential and Model)
+from types import SimpleNamespace as _Namespace  # noqa: E402
+
+backend = _Namespace(clear_session=utils.clear_session)  # keras.backend.clear_session()
 
 __all__ = ["Sequential", "Model", "Input", "layers", "losses", "metrics", "initializers",
-           "optimizers", "activations", "datasets", "callbacks", "models", "utils"]
+           "optimizers", "activations", "datasets", "callbacks", "models", "utils", "backend"]

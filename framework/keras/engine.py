@@ -39,6 +39,7 @@ from . import losses as k_losses
 from . import metrics as k_metrics
 
 __all__ = ["compile", "fit", "evaluate", "predict", "save_model", "load_model",
+           "save_weights", "load_weights",
            "module_config", "module_from_config"]
 
 _FORMAT = "tapeflow-keras-model"
@@ -192,7 +193,12 @@ def _arrays(x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{what}: x has {len(x)} samples but y has {len(y)}")
     if x.dtype == np.float64:
         x = x.astype(np.float32)  # Keras's floatx
-    return x, y
+    return _expand_1d(x), y
+
+
+def _expand_1d(x: np.ndarray) -> np.ndarray:
+    """tf.keras's ``expand_1d``: 1-D inputs become one feature per sample, ``(n, 1)``."""
+    return x[:, None] if x.ndim == 1 else x
 
 
 def _remember_input(model: Any, x: np.ndarray) -> None:
@@ -217,6 +223,8 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int | None = None,
     from tapeflow.training import Interrupted, Trainer
 
     state = _compiled(model, "fit")
+    if batch_size is None:  # a batched tp.data.Dataset steps in its own batches, as Keras
+        batch_size = getattr(x, "_batch_size", None)
     x, y = _arrays(x, y, "fit")
     if not 0.0 <= validation_split < 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
@@ -285,7 +293,7 @@ def predict(model: Any, x: Any, batch_size: int | None = None, verbose: Any = "a
     (batches of ``batch_size``, default 32). Every rank computes all of them."""
     if not isinstance(x, (np.ndarray, Tensor)):
         x = np.concatenate([_host(b[0] if isinstance(b, (tuple, list)) else b) for b in x])
-    x = _host(x)
+    x = _expand_1d(_host(x))
     if x.dtype == np.float64:
         x = x.astype(np.float32)
     _remember_input(model, x)
@@ -341,8 +349,6 @@ def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) 
     """One safetensors file: weights (``model/<name>``), optimizer arrays
     (``optimizer/<key>``) and, in its JSON header, the architecture, the compile settings and
     the optimizer's config and scalars. Written to a temp file, fsynced, renamed: atomic."""
-    import safetensors.numpy as st
-
     path = Path(filepath)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (overwrite=False)")
@@ -365,6 +371,14 @@ def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) 
         meta["compile"] = {**state.config, "optimizer": type(opt).__name__.lower(),
                            "optimizer_config": _plain(opt.get_config(), "optimizer"),
                            "optimizer_scalars": scalars}
+    write_atomically(path, tensors, meta)
+
+
+def write_atomically(path: Path, tensors: dict, meta: dict) -> None:
+    """``tensors`` and ``meta`` (JSON in the header) as one safetensors file at ``path``:
+    written to a temp file beside it, fsynced, renamed (a crash leaves the old file)."""
+    import safetensors.numpy as st
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -378,25 +392,69 @@ def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) 
         raise
 
 
-def load_model(filepath: str | os.PathLike, custom_objects: dict | None = None,
-               compile: bool = True) -> Any:  # noqa: A002 - Keras's argument name
-    """Read :func:`save_model`'s file back: the same architecture, weights and (with
-    ``compile``) optimizer state. Nothing in the file is executed (safetensors + JSON)."""
+def read_file(path: Path, what: str) -> tuple[dict, dict]:
+    """``(meta, tensors)`` of a file :func:`write_atomically` wrote (nothing in it runs)."""
     from safetensors import SafetensorError, safe_open
 
-    from tapeflow import optimizers
-    from tapeflow.optimizers import schedules
-
-    path = Path(filepath)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
+        raise FileNotFoundError(f"{path}: no such {what} file")
     try:
         with safe_open(str(path), framework="np") as f:
             meta = json.loads((f.metadata() or {}).get("tapeflow", "null"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a tapeflow model file: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise ValueError(f"{path}: not a tapeflow {what} file: {e}") from None
+    return (meta if isinstance(meta, dict) else {}), tensors
+
+
+def save_weights(model: Any, filepath: str | os.PathLike, overwrite: bool = True) -> None:
+    """Keras's ``save_weights``: every variable by name in one safetensors file (whatever the
+    file's extension, ``.weights.h5`` included), written atomically."""
+    path = Path(filepath)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (overwrite=False)")
+    if not model.variables:
+        raise ValueError(f"save_weights: {type(model).__name__} has no weights yet; build it "
+                         "or call it on a batch first")
+    write_atomically(path, {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()},
+                     {"format": _FORMAT + "-weights", "version": 1})
+
+
+def load_weights(model: Any, filepath: str | os.PathLike, skip_mismatch: bool = False) -> None:
+    """Keras's ``load_weights``: assign every variable from :func:`save_weights`'s file (or a
+    saved model's) by name; names and shapes must match unless ``skip_mismatch``. A model
+    whose weights are created on its first batch is built from the file's input shape, or
+    must be built first."""
+    path = Path(filepath)
+    meta, tensors = read_file(path, "weights")
+    if meta.get("format") == _FORMAT:  # a whole saved model: its weights
+        tensors = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    elif meta.get("format") != _FORMAT + "-weights":
+        raise ValueError(f"{path}: not a tapeflow weights file")
+    if not model.variables:
+        raise ValueError(f"load_weights: {type(model).__name__} has no weights yet to load "
+                         f"{len(tensors)} arrays into; build it (model.build((None, ...))) or "
+                         "call it on a batch first")
+    if skip_mismatch:
+        named = dict(model.named_variables())
+        tensors = {k: v for k, v in tensors.items()
+                   if k in named and tuple(v.shape) == tuple(named[k].shape)}
+    try:
+        model.load_state_dict(tensors, strict=not skip_mismatch)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"load_weights({path}): {e}") from None
+
+
+def load_model(filepath: str | os.PathLike, custom_objects: dict | None = None,
+               compile: bool = True) -> Any:  # noqa: A002 - Keras's argument name
+    """Read :func:`save_model`'s file back: the same architecture, weights and (with
+    ``compile``) optimizer state. Nothing in the file is executed (safetensors + JSON)."""
+    from tapeflow import optimizers
+    from tapeflow.optimizers import schedules
+
+    path = Path(filepath)
+    meta, tensors = read_file(path, "model")
+    if meta.get("format") != _FORMAT:
         raise ValueError(f"{path}: not a tapeflow model file (no {_FORMAT!r} header)")
     model = module_from_config(meta["architecture"], custom_objects)
     shape = meta.get("build_input_shape")

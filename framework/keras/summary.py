@@ -46,14 +46,8 @@ def summary(model: Any, line_length: int | None = None, positions: Any = None,
     out("_" * width)
     out(row("Layer (type)", "Output Shape", "Param #", "Trainable"))
     out(rule)
-    seen: dict[str, int] = {}
     for i, (layer, shape) in enumerate(zip(layers, shapes)):
         name = getattr(layer, "name", None) or type(layer).__name__.lower()
-        if name in seen:  # Keras numbers repeated names: dense, dense_1, ...
-            seen[name] += 1
-            name = f"{name}_{seen[name]}"
-        else:
-            seen[name] = 0
         count = layer.count_params() if isinstance(layer, modules.Module) else 0
         trainable = isinstance(layer, modules.Module) and any(
             v.trainable for v in layer.variables)

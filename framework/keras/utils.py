@@ -8,7 +8,7 @@ import numpy as np
 from .. import random as tp_random
 from ..tensor import Tensor, as_dtype
 
-__all__ = ["to_categorical", "set_random_seed"]
+__all__ = ["to_categorical", "set_random_seed", "clear_session"]
 
 
 def to_categorical(x: Any, num_classes: int | None = None, dtype="float32") -> np.ndarray:
@@ -33,3 +33,10 @@ def to_categorical(x: Any, num_classes: int | None = None, dtype="float32") -> n
 def set_random_seed(seed: int) -> None:
     """Seed tapeflow's global generator (``tp.random.set_seed``)."""
     tp_random.set_seed(seed)
+
+
+def clear_session(free_memory: bool = True) -> None:
+    """Keras's ``clear_session``: default layer names start again (``dense``, ``dense_1``)."""
+    from ..nn import modules
+
+    modules.clear_names()

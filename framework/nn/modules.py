@@ -50,6 +50,20 @@ class _InitArgs:
         self.args = args
 
 
+class _FromCompile:
+    """A model's compile settings (``model.optimizer``): not a data descriptor, so a module
+    that keeps its own ``self.optimizer`` keeps it."""
+
+    def __init__(self, get: Any, default: Any) -> None:
+        self.get, self.default = get, default
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        compiled = obj.__dict__.get("_compiled")
+        return self.get(compiled) if compiled is not None else self.default
+
+
 class _Layers:
     """Keras's ``model.layers`` for any module: its direct sublayers (attributes, and modules
     in list, tuple or dict attributes), in attribute order. Not a data descriptor, so a
@@ -143,7 +157,7 @@ class Module:
         if unknown:
             raise TypeError(f"{type(self).__name__}: keyword arguments not understood: "
                             f"{unknown}")
-        self.name = name if name is not None else (
+        self.name = name if name is not None else _unique_name(
             vars(type(self)).get("_default_name") or _snake(type(self).__name__))
         if not trainable or dtype is not None:  # (what add_weight uses by default)
             self._layer_defaults = {"trainable": bool(trainable), "dtype": dtype}
@@ -356,6 +370,33 @@ class Module:
         """Keras's ``predict``: see :func:`tapeflow.keras.engine.predict`."""
         return _engine().predict(self, x, **kwargs)
 
+    def get_layer(self, name: str | None = None, index: int | None = None) -> "Module":
+        """Keras's ``get_layer``: a direct layer by name or by index."""
+        layers = self.layers
+        if index is not None:
+            if not -len(layers) <= index < len(layers):
+                raise ValueError(f"get_layer: index {index} is out of range for a model with "
+                                 f"{len(layers)} layers")
+            return layers[index]
+        for layer in layers:
+            if getattr(layer, "name", None) == name:
+                return layer
+        raise ValueError(f"get_layer: no layer named {name!r}; the layers are "
+                         f"{[getattr(m, 'name', None) for m in layers]}")
+
+    def save_weights(self, filepath: Any, overwrite: bool = True) -> None:
+        """Keras's ``save_weights``: see :func:`tapeflow.keras.engine.save_weights`."""
+        _engine().save_weights(self, filepath, overwrite)
+
+    def load_weights(self, filepath: Any, skip_mismatch: bool = False, **kwargs: Any) -> None:
+        """Keras's ``load_weights``: see :func:`tapeflow.keras.engine.load_weights`."""
+        _engine().load_weights(self, filepath, skip_mismatch)
+
+    # What compile() was given (None before); a module's own attribute of the name wins.
+    optimizer = _FromCompile(lambda c: c.optimizer, None)
+    loss = _FromCompile(lambda c: c.loss, None)
+    metrics_names = _FromCompile(lambda c: ["loss", *c.metric_fns], [])  # (Keras 2's)
+
     def summary(self, line_length: int | None = None, positions: Any = None,
                 print_fn: Any = None, **kwargs: Any) -> None:
         """Keras's ``summary``: layers, output shapes, parameter counts and totals (see
@@ -436,6 +477,20 @@ class Sequential(Module):
 
 
 # ---------------------------------------------------------------------------- internals
+_NAME_COUNTS: dict[str, int] = {}  # Keras's: dense, dense_1, ... (clear_session resets)
+
+
+def _unique_name(base: str) -> str:
+    n = _NAME_COUNTS.get(base, 0)
+    _NAME_COUNTS[base] = n + 1
+    return base if n == 0 else f"{base}_{n}"
+
+
+def clear_names() -> None:
+    """Start default layer names afresh (``tp.keras.backend.clear_session()``)."""
+    _NAME_COUNTS.clear()
+
+
 def _snake(name: str) -> str:
     """Keras's default layer name: ``Conv2D`` -> ``conv2d``, ``BatchNormalization`` ->
     ``batch_normalization`` (an underscore before a capital after a lower-case letter, or
