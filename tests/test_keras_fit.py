@@ -378,3 +378,15 @@ def test_compiled_models_expose_optimizer_loss_and_metrics_names():
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     assert model.optimizer is opt and model.metrics_names == ["loss", "accuracy"]
     assert model.loss is not None
+
+
+def test_one_dimensional_inputs_are_one_feature_per_sample_like_tf_keras():
+    # tf.keras's expand_1d: x of shape (n,) feeds a Dense as (n, 1) in fit/evaluate/predict.
+    x = np.linspace(0, 1, 50).astype("f4")
+    y = 2 * x + 1
+    model = keras.Sequential([keras.layers.Dense(1, seed=0)])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    history = model.fit(x, y, epochs=30, batch_size=50, verbose=0).history["loss"]
+    assert history[-1] < 0.05 * history[0]
+    assert model.predict(x[:3], verbose=0).shape == (3, 1)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(history[-1], rel=0.5)
