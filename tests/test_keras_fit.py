@@ -390,3 +390,15 @@ def test_one_dimensional_inputs_are_one_feature_per_sample_like_tf_keras():
     assert history[-1] < 0.05 * history[0]
     assert model.predict(x[:3], verbose=0).shape == (3, 1)
     assert model.evaluate(x, y, verbose=0) == pytest.approx(history[-1], rel=0.5)
+
+
+def test_a_custom_loss_sees_targets_with_the_predictions_rank_like_keras():
+    # 1-D targets against a Dense(1)'s (n, 1) predictions: Keras expands the targets before
+    # any loss function, so `y_true - y_pred` is (n, 1), not a broadcast (n, n).
+    x = np.random.default_rng(2).normal(size=(30, 3)).astype("f4")
+    y = x @ np.array([1.0, -1.0, 0.5], "f4")
+    model = keras.Sequential([keras.layers.Dense(1, input_shape=(3,), seed=0)])
+    model.compile(optimizer="sgd", loss=lambda t, p: tp.reduce_mean(tp.square(t - p)))
+    pred = model.predict(x, verbose=0)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(np.mean((pred[:, 0] - y) ** 2),
+                                                            rel=1e-5)

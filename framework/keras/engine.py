@@ -87,6 +87,15 @@ def _per_example(fn: Any) -> Any:
     from tapeflow import ops
 
     def per_example(y_true: Any, y_pred: Any) -> Any:
+        # Keras's squeeze_or_expand_dimensions, before any loss function (custom ones too):
+        # targets (n,) against predictions (n, 1) get the unit axis, so `y_true - y_pred`
+        # never broadcasts to (n, n).
+        t_dim, p_dim = getattr(y_true, "ndim", None), getattr(y_pred, "ndim", None)
+        if t_dim is not None and p_dim is not None:
+            if t_dim == p_dim - 1 and y_pred.shape[-1] == 1:
+                y_true = ops.expand_dims(y_true, -1)
+            elif p_dim == t_dim - 1 and y_true.shape[-1] == 1:
+                y_true = ops.squeeze(y_true, -1)
         out = fn(y_true, y_pred)
         value = out if isinstance(out, Tensor) else ops.convert_to_tensor(out)
         batch = y_pred.shape[0] if getattr(y_pred, "ndim", 0) else 1
