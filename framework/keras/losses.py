@@ -24,7 +24,7 @@ from ..tensor import Tensor, convert_to_tensor
 __all__ = ["Loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy",
            "BinaryCrossentropy", "MeanSquaredError", "MeanAbsoluteError",
            "sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
-           "mean_squared_error", "mean_absolute_error", "mse", "mae", "get"]
+           "mean_squared_error", "mean_absolute_error", "mse", "mae", "get", "Huber", "huber"]
 
 _EPSILON = nn_losses._EPSILON  # Keras's backend epsilon, 1e-7
 
@@ -117,6 +117,17 @@ def mean_absolute_error(y_true: Any, y_pred: Any) -> Tensor:
     return ops.reduce_mean(ops.abs(ops.subtract(y_pred, _same_rank(y_true, y_pred))), -1)
 
 
+def huber(y_true: Any, y_pred: Any, delta: float = 1.0) -> Tensor:
+    """Per-example Huber loss over the last axis (Keras): ``0.5 * e**2`` where
+    ``|e| <= delta``, else ``delta * |e| - 0.5 * delta**2``, for ``e = y_pred - y_true``."""
+    y_pred = _pred(y_pred, "huber")
+    err = ops.abs(ops.subtract(y_pred, _same_rank(y_true, y_pred)))
+    small = ops.minimum(err, delta)  # (the quadratic part, capped at delta)
+    per = ops.add(ops.multiply(0.5, ops.square(small)),
+                  ops.multiply(delta, ops.subtract(err, small)))
+    return ops.reduce_mean(per, -1)
+
+
 mse, mae = mean_squared_error, mean_absolute_error
 
 
@@ -197,16 +208,22 @@ class MeanAbsoluteError(Loss):
         super().__init__(mean_absolute_error, reduction, name)
 
 
+class Huber(Loss):
+    def __init__(self, delta: float = 1.0, reduction="sum_over_batch_size",
+                 name: str | None = None) -> None:
+        super().__init__(huber, reduction, name, delta=float(delta))
+
+
 _BY_NAME: dict[str, Any] = {
     "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
     "categorical_crossentropy": categorical_crossentropy,
     "binary_crossentropy": binary_crossentropy, "mean_squared_error": mean_squared_error,
     "mse": mean_squared_error, "mean_absolute_error": mean_absolute_error,
-    "mae": mean_absolute_error,
+    "mae": mean_absolute_error, "huber": huber,
 }
 _BY_NAME.update({c.__name__: c for c in (SparseCategoricalCrossentropy, CategoricalCrossentropy,
                                          BinaryCrossentropy, MeanSquaredError,
-                                         MeanAbsoluteError)})
+                                         MeanAbsoluteError, Huber)})
 
 
 def get(identifier: Any) -> Any:

@@ -154,9 +154,23 @@ def test_loss_classes_reduce_by_sum_over_batch_size():
      [R.normal(size=(3, 2)), R.uniform(0, 1, (3, 2))]),
     (lambda p: keras.losses.CategoricalCrossentropy()(np.eye(3)[[0, 2]], p),
      [R.uniform(0.2, 0.9, (2, 3))]),
+    (lambda p, t: keras.losses.Huber(delta=0.7)(t, p),  # errors on both sides of delta
+     [np.array([[0.1, 2.0, -1.5], [0.4, -0.2, 3.0]]), np.zeros((2, 3))]),
 ])
 def test_loss_gradients(fn, args):
     check_grads(fn, args, order=2, wrt=[0])
+
+
+def test_huber_is_quadratic_inside_delta_and_linear_outside_like_keras():
+    # Keras's docstring example: y_true [[0, 1], [0, 0]], y_pred [[0.6, 0.4], [0.4, 0.6]]
+    # gives 0.155.
+    got = keras.losses.Huber()([[0.0, 1.0], [0.0, 0.0]], [[0.6, 0.4], [0.4, 0.6]])
+    assert float(got) == pytest.approx(0.155, rel=1e-6)
+    err = np.array([0.5, 3.0])
+    want = np.mean(np.where(err <= 2.0, 0.5 * err ** 2, 2.0 * err - 2.0))
+    assert float(keras.losses.huber([[0.0, 0.0]], [err], delta=2.0)[0]) == \
+        pytest.approx(want, rel=1e-6)
+    assert keras.losses.get("huber") is keras.losses.huber
 
 
 # ---------------------------------------------------------------- metrics
