@@ -20,7 +20,7 @@ from .. import nn
 from . import activations, datasets, initializers, layers, losses, metrics, optimizers, utils
 
 Sequential = nn.Sequential
-Model = getattr(nn, "Model", nn.Module)
+Model = nn.Model
 Input = nn.Input
 
 from . import callbacks, models  # noqa: E402  (models re-exports Sequential and Model)

@@ -334,6 +334,8 @@ def module_config(module: Any) -> dict[str, Any]:
     cls = type(module).__name__
     if isinstance(module, modules.Sequential):
         args = {"layers": list(module.layers), "name": module.name}
+    elif hasattr(module, "functional_config"):  # a functional model: its graph
+        args = module.functional_config()
     else:
         recorded = module.__dict__.get("_init_args")
         args = dict(recorded.args) if recorded is not None else {}

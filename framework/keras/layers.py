@@ -1,12 +1,15 @@
 """``tp.keras.layers``: tapeflow's layers under their Keras names (the same classes as
 ``tp.nn``)."""
-from ..nn import (Activation, AveragePooling2D, AvgPool2D, BatchNormalization, Conv2D, Dense,
-                  Dropout, Embedding, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, Input,
-                  InputLayer, LayerNormalization, MaxPool2D, MaxPooling2D, Module, Reshape)
+from ..nn import (Activation, Add, Average, AveragePooling2D, AvgPool2D, BatchNormalization,
+                  Concatenate, Conv2D, Dense, Dropout, Embedding, Flatten,
+                  GlobalAveragePooling2D, GlobalMaxPooling2D, Input, InputLayer, Lambda,
+                  LayerNormalization, Maximum, MaxPool2D, MaxPooling2D, Minimum, Module,
+                  Multiply, Reshape, Subtract)
 
 Layer = Module
 
 __all__ = ["Layer", "Dense", "Conv2D", "MaxPool2D", "MaxPooling2D", "AveragePooling2D",
            "AvgPool2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
            "Dropout", "Activation", "Embedding", "BatchNormalization", "LayerNormalization",
-           "InputLayer", "Input"]
+           "InputLayer", "Input", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+           "Concatenate", "Lambda"]

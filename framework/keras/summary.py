@@ -72,7 +72,9 @@ def _size(nbytes: int) -> str:
 
 
 def _output_shapes(model: Any, layers: list) -> list[str]:
-    """``(None, ...)`` per layer of a built Sequential, else ``?``."""
+    """``(None, ...)`` per layer of a built Sequential or a functional model, else ``?``."""
+    if hasattr(model, "layer_output_shapes"):
+        return model.layer_output_shapes()
     shape = getattr(model, "_build_input_shape", None)
     if shape is None and layers:
         shape = getattr(layers[0], "input_shape_hint", None)

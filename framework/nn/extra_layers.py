@@ -25,7 +25,7 @@ from .layers import _as_layer_dtype, _on_device, _pair, _padding, _shape_hint
 from .modules import Module
 
 __all__ = ["AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
-           "Embedding", "BatchNormalization", "LayerNormalization", "InputLayer", "Input"]
+           "Embedding", "BatchNormalization", "LayerNormalization", "InputLayer"]
 
 
 class AveragePooling2D(Module):
@@ -200,8 +200,8 @@ def _exact_moments(x: Tensor, axes: list, keepdims: bool) -> tuple[Tensor, Tenso
 class InputLayer(Module):
     """Declares the input shape (without the batch axis) of a ``Sequential``; the identity.
 
-    Only the Sequential use is supported (``tp.keras.Input`` is not a symbolic tensor: the
-    functional model API is not part of tapeflow)."""
+    ``keras.Input(shape)`` (a symbolic tensor, :mod:`symbolic`) holds one; as the first entry
+    of a ``Sequential`` it stands for this layer."""
 
     def __init__(self, shape: Sequence[int] | None = None, name: str | None = None,
                  input_shape: Sequence[int] | None = None) -> None:
@@ -213,8 +213,3 @@ class InputLayer(Module):
 
     def call(self, x: Any, training: bool = False) -> Any:
         return x
-
-
-def Input(shape: Sequence[int], name: str | None = None) -> InputLayer:
-    """``tp.keras.Input(shape=...)`` for the first entry of a ``Sequential``."""
-    return InputLayer(shape=shape, name=name)

@@ -33,8 +33,9 @@ import numpy as np
 
 from ..tensor import Tensor, Variable
 from .keras_api import _KERAS_LAYER_KWARGS, KerasAPI
+from .symbolic import KerasTensor, is_symbolic, symbolic_call
 
-__all__ = ["Module", "Sequential", "module_class"]
+__all__ = ["Module", "Model", "Sequential", "module_class"]
 
 # Every Module subclass by class name: what load_model rebuilds a saved architecture from.
 _CLASSES: dict[str, type] = {}
@@ -118,6 +119,8 @@ class Module(KerasAPI):
 
     # -- calling ----------------------------------------------------------------------------
     def __call__(self, x: Any, training: bool = False) -> Any:
+        if type(x) is KerasTensor or type(x) in (list, tuple) and is_symbolic(x):
+            return symbolic_call(self, x)  # the functional API: keras.Input and its results
         if self._keras_build and not self.__dict__.get("built", False):
             self._build_on(x)
         if self._call_takes_training:
@@ -238,7 +241,20 @@ class Module(KerasAPI):
         return f"<{type(self).__name__} {getattr(self, 'name', '')!r}: " \
                f"{len(self.variables)} variables>"
 
-class Sequential(Module):
+class Model(Module):
+    """Keras's ``Model``: a base class to subclass (define ``call``), or, called with
+    ``inputs`` and ``outputs`` (symbolic tensors), a functional model
+    (:class:`~tapeflow.nn.functional_model.Functional`)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if cls is Model and ("inputs" in kwargs or "outputs" in kwargs or len(args) >= 2):
+            from .functional_model import Functional
+
+            return super().__new__(Functional)
+        return super().__new__(cls)
+
+
+class Sequential(Model):
     """Layers applied in order; ``training`` is passed to each.
 
     >>> import tapeflow as tp
@@ -254,6 +270,8 @@ class Sequential(Module):
             self.add(layer)
 
     def add(self, layer: Module) -> None:
+        if isinstance(layer, KerasTensor) and layer.input_layer is not None:
+            layer = layer.input_layer  # Sequential([keras.Input(shape=...), ...])
         if not callable(layer):
             raise TypeError(f"Sequential.add: expected a Module or callable, got "
                             f"{type(layer).__name__}")
