@@ -106,3 +106,31 @@ def test_ops_take_tensorflows_name_argument():
     assert "name" in inspect.signature(tp.reduce_sum).parameters
     with pytest.raises(TypeError, match="name must be a string"):
         tp.reduce_sum(tp.ones(2), name=3)
+
+
+def test_normalization_adapts_to_feature_statistics_like_keras(tmp_path):
+    data = np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 80.0]], "f4")
+    norm = keras.layers.Normalization(axis=-1)
+    norm.adapt(data)
+    np.testing.assert_allclose(norm.mean.numpy(), [[3.0, 40.0]], rtol=1e-6)
+    np.testing.assert_allclose(norm.variance.numpy(), [data.var(0)], rtol=1e-6)
+    out = norm(tp.constant(data)).numpy()
+    np.testing.assert_allclose(out, (data - data.mean(0)) / data.std(0), rtol=1e-5)
+    assert norm.trainable_variables == [] and len(norm.variables) == 2
+    back = keras.layers.Normalization(axis=-1, invert=True)
+    back.adapt(data)
+    np.testing.assert_allclose(back(tp.constant(out)).numpy(), data, rtol=1e-5)
+    scalar = keras.layers.Normalization(axis=None)  # one mean and variance for everything
+    scalar.adapt(tp.data.Dataset.from_tensor_slices(data).batch(2))
+    assert float(scalar.mean.numpy().ravel()[0]) == pytest.approx(data.mean(), rel=1e-6)
+    given = keras.layers.Normalization(mean=2.0, variance=4.0)
+    np.testing.assert_allclose(given(tp.constant([[4.0, 0.0]])).numpy(), [[1.0, -1.0]])
+    with pytest.raises(ValueError, match="axis may not be 0"):
+        keras.layers.Normalization(axis=0)
+    # In a model: TensorFlow's regression tutorial, adapted statistics saved and loaded.
+    model = keras.Sequential([norm, keras.layers.Dense(1, seed=0)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mean_absolute_error")
+    model.fit(data, data[:, 0] * 2, epochs=2, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(loaded.predict(data, verbose=0), model.predict(data, verbose=0))

@@ -4,7 +4,7 @@ from ..nn import (Activation, Add, Average, AveragePooling2D, AvgPool2D, BatchNo
                   Concatenate, Conv2D, Dense, Dropout, Embedding, Flatten,
                   GlobalAveragePooling2D, GlobalMaxPooling2D, Input, InputLayer, Lambda,
                   LayerNormalization, Maximum, MaxPool2D, MaxPooling2D, Minimum, Module,
-                  Multiply, Reshape, Subtract)
+                  Multiply, Normalization, Reshape, Subtract)
 
 Layer = Module
 
@@ -12,4 +12,4 @@ __all__ = ["Layer", "Dense", "Conv2D", "MaxPool2D", "MaxPooling2D", "AveragePool
            "AvgPool2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
            "Dropout", "Activation", "Embedding", "BatchNormalization", "LayerNormalization",
            "InputLayer", "Input", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
-           "Concatenate", "Lambda"]
+           "Concatenate", "Lambda", "Normalization"]

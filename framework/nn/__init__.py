@@ -17,7 +17,8 @@ from .modules import __all__ as _modules_all
 from .symbolic import Input, KerasTensor  # noqa: F401
 from .functional_model import *  # noqa: F401,F403
 from .functional_model import __all__ as _functional_model_all
+from .preprocessing import Normalization  # noqa: F401
 
 __all__ = list(_functional_all) + list(_activations_all) + list(_normalization_all) \
     + list(_modules_all) + list(_layers_all) + list(_extra_layers_all) + list(_losses_all) \
-    + list(_functional_model_all) + ["init", "losses", "Input", "KerasTensor"]
+    + list(_functional_model_all) + ["init", "losses", "Input", "KerasTensor", "Normalization"]
