@@ -39,6 +39,10 @@ def __getattr__(name: str):
         from .mpi import MPICommunicator
 
         return MPICommunicator
+    if name == "callbacks":  # Horovod's hvd.callbacks: the same classes as tp.keras.callbacks
+        from .. import callbacks
+
+        return callbacks
     raise AttributeError(f"module 'tapeflow.distributed' has no attribute {name!r}")
 
 

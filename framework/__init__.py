@@ -76,9 +76,17 @@ nn.layers._ACTIVATIONS.update({k: _op_names.public(v)
 _LAZY_SUBPACKAGES = ("keras", "optimizers", "distributed")
 
 
+# TensorFlow's top-level aliases of tf.keras modules (tf.losses, tf.metrics, ...).
+_KERAS_ALIASES = ("losses", "metrics", "initializers", "callbacks")
+
+
 def __getattr__(name: str):
     if name in _LAZY_SUBPACKAGES:
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
+    if name in _KERAS_ALIASES:
+        import importlib
+
+        return importlib.import_module(f".keras.{name}", __name__)
     raise AttributeError(f"module 'tapeflow' has no attribute {name!r}")

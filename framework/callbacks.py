@@ -249,18 +249,29 @@ class ModelCheckpoint(Callback):
     ``save_best_only`` saves only when ``monitor`` improved (``mode`` "min", "max" or "auto":
     max for accuracy-like names). ``keep`` newest checkpoints are kept. Collective: every
     rank runs it, rank 0 writes, holding the directory's lock while training runs.
+
+    Keras's form, a model *file* (``"ckpt-{epoch:02d}.keras"``, ``"best.h5"``: a name with a
+    ``{...}`` field or a ``.keras`` / ``.h5`` / ``.safetensors`` suffix), saves the whole model
+    (``model.save``; ``save_weights_only``: ``model.save_weights``) to that name formatted with
+    the epoch (from 1) and the logs. That form is not collective: rank 0 writes and the other
+    ranks do nothing, so Horovod's pattern of adding it on rank 0 only works.
     """
 
     def __init__(self, directory: str | os.PathLike, monitor: str = "val_loss",
                  save_best_only: bool = False, mode: str = "auto",
-                 save_freq: str | int = "epoch", keep: int | None = 3, verbose: int = 0):
+                 save_freq: str | int = "epoch", keep: int | None = 3, verbose: int = 0,
+                 save_weights_only: bool = False, initial_value_threshold: float | None = None):
         if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
             raise ValueError(f"ModelCheckpoint: save_freq must be 'epoch' or a positive int, "
                              f"got {save_freq!r}")
+        name = os.fspath(directory)
+        self.file_template = name if "{" in name or name.endswith(
+            (".keras", ".h5", ".safetensors")) else None
+        self.save_weights_only = bool(save_weights_only)
         self.directory, self.monitor, self.save_best_only = Path(directory), monitor, \
             save_best_only
         self.better = _comparison(monitor, mode)
-        self.best: float | None = None
+        self.best: float | None = initial_value_threshold
         self.save_freq, self.keep, self.verbose = save_freq, keep, verbose
         self.saved: list[Path] = []
         self._lock: ckpt.DirectoryLock | None = None
@@ -268,6 +279,9 @@ class ModelCheckpoint(Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         """Rank 0 locks the directory (a second run into it is refused) and removes the temp
         folders of saves that were killed midway."""
+        if self.file_template is not None:
+            return  # (Keras's file form: nothing to lock, nothing collective)
+
         def take():
             lock = ckpt.DirectoryLock(self.directory).acquire()
             ckpt.remove_leftovers(self.directory)
@@ -295,9 +309,21 @@ class ModelCheckpoint(Callback):
             if self.best is not None and not self.better(value, self.best):
                 return
             self.best = value
-        self._save()
+        self._save(logs, epoch)
 
-    def _save(self) -> None:
+    def _save(self, logs: dict | None = None, epoch: int | None = None) -> None:
+        if self.file_template is not None:
+            if not self.is_root:
+                return
+            epoch = self.trainer.epoch if epoch is None else epoch
+            path = Path(self.file_template.format(epoch=epoch + 1, batch=self.trainer.step,
+                                                  **(logs or {})))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            (self.model.save_weights if self.save_weights_only else self.model.save)(path)
+            self.saved.append(path)
+            if self.verbose:
+                print(f"ModelCheckpoint: saved {path}")
+            return
         path = self.trainer.save_checkpoint(directory=self.directory, keep=self.keep)
         if path is not None:
             self.saved.append(path)

@@ -402,3 +402,46 @@ def test_a_custom_loss_sees_targets_with_the_predictions_rank_like_keras():
     pred = model.predict(x, verbose=0)
     assert model.evaluate(x, y, verbose=0) == pytest.approx(np.mean((pred[:, 0] - y) ** 2),
                                                             rel=1e-5)
+
+
+def test_model_checkpoint_takes_keras_file_templates(tmp_path):
+    model = _compiled(seed=4)
+    best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.weights.h5"),
+                                           monitor="val_accuracy", save_best_only=True,
+                                           save_weights_only=True)
+    every = keras.callbacks.ModelCheckpoint(str(tmp_path / "ep-{epoch:02d}-{loss:.2f}.keras"))
+    history = model.fit(X, Y, epochs=3, validation_data=(XV, YV), verbose=0,
+                        callbacks=[best, every])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    losses = history.history["loss"]
+    assert names == ["best.weights.h5"] + [f"ep-{e + 1:02d}-{losses[e]:.2f}.keras"
+                                           for e in range(3)]
+    last = keras.models.load_model(tmp_path / names[-1])
+    np.testing.assert_array_equal(last.predict(XV, verbose=0), model.predict(XV, verbose=0))
+    other = _model(seed=8)
+    other.load_weights(tmp_path / "best.weights.h5")
+    accuracy = np.mean(other.predict(XV, verbose=0).argmax(1) == YV)
+    assert accuracy == pytest.approx(max(history.history["val_accuracy"]), abs=1e-6)
+
+
+def test_fit_takes_an_endless_dataset_with_steps_per_epoch_and_refuses_what_it_cannot_do():
+    model = _compiled(seed=5)
+    endless = tp.data.Dataset.from_tensor_slices((X, Y)).repeat().shuffle(240, seed=0).batch(20)
+    seen = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(batch)
+    model.fit(endless, steps_per_epoch=4, epochs=2, verbose=0, callbacks=[Count()])
+    assert len(seen) == 8  # 4 steps of 20 samples per epoch
+    with pytest.raises(ValueError, match="repeats for ever"):
+        model.fit(endless, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="do not give batch_size"):
+        model.fit(endless.take(2), batch_size=10, verbose=0)
+    with pytest.raises(ValueError, match="steps_per_epoch is for datasets"):
+        model.fit(X, Y, steps_per_epoch=3, verbose=0)
+    with pytest.raises(ValueError, match="class_weight is not supported"):
+        model.fit(X, Y, class_weight={0: 1.0}, verbose=0)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['colour'\\]"):
+        model.fit(X, Y, colour="red", verbose=0)
+    model.fit(X, Y, epochs=1, verbose=0, workers=4, use_multiprocessing=False)  # (no effect)

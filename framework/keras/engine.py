@@ -148,7 +148,8 @@ def compile(model: Any, optimizer: Any = "rmsprop", loss: Any = None, metrics: A
     from tapeflow import optimizers
 
     unknown = sorted(set(kwargs) - {"loss_weights", "weighted_metrics", "run_eagerly",
-                                    "steps_per_execution", "jit_compile", "auto_scale_loss"})
+                                    "steps_per_execution", "jit_compile", "auto_scale_loss",
+                                    "experimental_run_tf_function"})  # (Horovod's examples)
     if unknown:
         raise TypeError(f"compile() got unexpected keyword arguments {unknown}")
     if loss is None:
@@ -205,6 +206,44 @@ def _arrays(x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
     return _expand_1d(x), y
 
 
+_KERAS_FIT_ARGUMENTS = {"class_weight", "sample_weight", "validation_batch_size",
+                        "validation_freq", "max_queue_size", "workers", "use_multiprocessing"}
+
+
+def _check_fit_arguments(unused: dict) -> None:
+    """Keras's other ``fit`` arguments: accepted when they change nothing, refused when they
+    would (weights, a validation frequency), and unknown names are a TypeError."""
+    unknown = sorted(set(unused) - _KERAS_FIT_ARGUMENTS)
+    if unknown:
+        raise TypeError(f"fit() got unexpected keyword arguments {unknown}")
+    for name in ("class_weight", "sample_weight"):
+        if unused.get(name) is not None:
+            raise ValueError(f"fit: {name} is not supported by tapeflow's fit (weight the "
+                             "loss in a custom training loop instead)")
+    if unused.get("validation_freq", 1) != 1:
+        raise ValueError("fit: validation_freq other than 1 is not supported")
+
+
+def _dataset_arrays(data: Any, steps: int | None, what: str, comm: Any) -> tuple:
+    """``(x, y)`` from a dataset of ``(x, y)`` batches: its first ``steps`` batches (so an
+    endless ``repeat()`` works), else all of it. Under MPI each rank's dataset holds its own
+    data (Horovod's convention: shard it or shuffle it per rank), so the ranks' arrays are
+    gathered into the global data the training loop splits again."""
+    import itertools
+
+    if steps is not None:
+        if int(steps) < 1:
+            raise ValueError(f"{what}: steps must be at least 1, got {steps}")
+        data = itertools.islice(iter(data), int(steps))
+    elif getattr(data, "_cardinality", 0) == -1:
+        raise ValueError(f"{what}: the dataset repeats for ever: give steps_per_epoch "
+                         "(validation_steps for validation data)")
+    x, y = _arrays(data, None, what)
+    if comm.size > 1:
+        x, y = _host(comm.allgather(x)), _host(comm.allgather(y))
+    return x, y
+
+
 def _expand_1d(x: np.ndarray) -> np.ndarray:
     """tf.keras's ``expand_1d``: 1-D inputs become one feature per sample, ``(n, 1)``."""
     return x[:, None] if x.ndim == 1 else x
@@ -220,7 +259,8 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int | None = None,
         epochs: int = 1, verbose: Any = "auto", callbacks: Sequence[Any] | None = None,
         validation_split: float = 0.0, validation_data: Any = None, shuffle: bool = True,
         initial_epoch: int = 0, comm: Any = None, seed: int | None = None,
-        log_every: int = 10) -> cbks.History:
+        log_every: int = 10, steps_per_epoch: int | None = None,
+        validation_steps: int | None = None, **unused: Any) -> cbks.History:
     """Keras's ``fit``; returns the :class:`~tapeflow.callbacks.History`.
 
     ``batch_size`` (default 32) is the global batch under MPI. ``verbose``: 0 silent, 1 (and
@@ -232,21 +272,33 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int | None = None,
     from tapeflow.training import Interrupted, Trainer
 
     state = _compiled(model, "fit")
-    if batch_size is None:  # a batched tp.data.Dataset steps in its own batches, as Keras
+    _check_fit_arguments(unused)
+    comm = _communicator(comm)
+    dataset = y is None and x is not None and not isinstance(x, (np.ndarray, Tensor, tuple))
+    if dataset:
+        if batch_size is not None:
+            raise ValueError("fit: do not give batch_size with a dataset (it is batched "
+                             "already), as Keras says")
         batch_size = getattr(x, "_batch_size", None)
+        x, y = _dataset_arrays(x, steps_per_epoch, "fit", comm)
+        if batch_size and comm.size > 1:
+            batch_size *= comm.size  # Horovod: each rank's dataset gives its own batches
+    elif steps_per_epoch is not None:
+        raise ValueError("fit: steps_per_epoch is for datasets; with arrays, batch_size sets "
+                         "the steps")
     x, y = _arrays(x, y, "fit")
     if not 0.0 <= validation_split < 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
     x_val = y_val = None
     if validation_data is not None:
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2):
-            validation_data = _arrays(validation_data, None, "validation_data")
+            validation_data = _dataset_arrays(validation_data, validation_steps,
+                                              "validation_data", comm)
         x_val, y_val = _arrays(validation_data[0], validation_data[1], "validation_data")
     elif validation_split:
         cut = int(len(x) * (1.0 - validation_split))  # Keras: the last samples, unshuffled
         x, x_val, y, y_val = x[:cut], x[cut:], y[:cut], y[cut:]
     _remember_input(model, x)
-    comm = _communicator(comm)
     verbose = 1 if verbose == "auto" else int(verbose)
     if seed is None:
         model._fit_calls = getattr(model, "_fit_calls", 0) + 1
@@ -373,6 +425,8 @@ def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) 
     state = getattr(model, "_compiled", None)
     if state is not None:
         opt = state.optimizer
+        if type(opt).__name__ == "DistributedOptimizer":  # Horovod's wrapper: save what it
+            opt = opt.optimizer                              # wraps (wrap it again on load)
         scalars = {}
         for key, value in opt.get_state().items():
             if hasattr(value, "shape") and not isinstance(value, np.generic):

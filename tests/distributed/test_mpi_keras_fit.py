@@ -67,3 +67,40 @@ def test_horovod_callbacks_under_mpi(comm):
     assert all(a <= b + 1e-12 for a, b in zip(seen, seen[1:]))  # rises, then holds
     gathered = comm.allgather_object([history.history["loss"], seen])
     assert all(g == gathered[0] for g in gathered)
+
+
+@pytest.mark.mpi
+def test_horovods_keras_example_runs_as_written(comm, tmp_path):
+    # horovod/examples/tensorflow2/tensorflow2_keras_mnist.py with only the import changed:
+    # each rank's own repeated, shuffled dataset, steps_per_epoch, Horovod's callbacks, and
+    # ModelCheckpoint added on rank 0 only (it must not be a collective there).
+    import tapeflow as tf
+    import tapeflow.distributed as hvd
+
+    x, y = _data()
+    folder = comm.broadcast_object(str(tmp_path), root=0)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).repeat().shuffle(
+        200, seed=comm.rank).batch(16)
+    model = tf.keras.Sequential([tf.keras.layers.Dense(8, activation="relu", seed=comm.rank),
+                                 tf.keras.layers.Dense(3, seed=comm.rank)])
+    scaled_lr = 0.01 * hvd.size()
+    opt = hvd.DistributedOptimizer(tf.optimizers.Adam(scaled_lr))
+    model.compile(loss=tf.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  optimizer=opt, metrics=["accuracy"], experimental_run_tf_function=False)
+    callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+                 hvd.callbacks.MetricAverageCallback(),
+                 hvd.callbacks.LearningRateWarmupCallback(initial_lr=scaled_lr,
+                                                          warmup_epochs=1)]
+    if hvd.rank() == 0:
+        callbacks.append(tf.keras.callbacks.ModelCheckpoint(folder + "/ckpt-{epoch}.keras"))
+    history = model.fit(dataset, steps_per_epoch=6 // hvd.size(), callbacks=callbacks,
+                        epochs=3, verbose=0)
+    assert len(history.history["loss"]) == 3
+    weights = [v.numpy() for v in model.variables]
+    for w, other in zip(weights, comm.broadcast_object([w.tolist() for w in weights], 0)):
+        np.testing.assert_array_equal(w, np.asarray(other, w.dtype))  # one model everywhere
+    comm.barrier()
+    if comm.rank == 0:
+        saved = tf.keras.models.load_model(f"{folder}/ckpt-3.keras")
+        np.testing.assert_array_equal(saved.predict(x, verbose=0),
+                                      model.predict(x, verbose=0))
