@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..trace import replayed
 from .faults import MismatchError
 from .signature import REDUCE_OPS, check_op, check_root
 
@@ -291,6 +292,7 @@ class Communicator(ABC):
         """Release the communicator's resources (collective for MPI)."""
 
     # -- built on the collectives above ------------------------------------------------------
+    @replayed  # inside tp.function: run on every replay, in its place (after the update)
     def broadcast_variables(self, variables: Sequence, root: int = 0) -> None:
         """Assign ``root``'s value to each Variable on every rank, after checking that every
         rank passes the same count, names, shapes and dtypes (a ``MismatchError`` naming the
@@ -305,6 +307,7 @@ class Communicator(ABC):
         for v in variables:
             v.assign(self.broadcast(v._value, root=root))
 
+    @replayed
     def broadcast_optimizer_state(self, optimizer: Any, root: int = 0) -> None:
         """Give every rank ``root``'s optimizer state (arrays broadcast, scalars as JSON).
 

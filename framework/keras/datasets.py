@@ -20,10 +20,14 @@ class _Dataset:
         self.__name__ = name
         self._loader = loader
 
-    def load_data(self, data_dir: str | None = None, **options: Any) -> tuple:
+    def load_data(self, path: str | None = None, data_dir: str | None = None,
+                  **options: Any) -> tuple:
         """``(x_train, y_train), (x_test, y_test)``: images ``(N, 28, 28)`` and labels ``(N,)``,
         all uint8 as Keras gives them. ``data_dir`` and ``options`` go to ``tp.data``'s
-        loader (``download=``, ``mirrors=``, ...)."""
+        loader (``download=``, ``mirrors=``, ...). Keras's ``path`` (the name of its cached
+        ``.npz``) is accepted and has no effect: the loader keeps the canonical IDX files."""
+        if path is not None and data_dir is None and not str(path).endswith(".npz"):
+            data_dir = path  # (tapeflow's own spelling: the folder of the IDX files)
         splits = self._loader(data_dir, **options)
         return ((splits.train_images, splits.train_labels.astype(np.uint8)),
                 (splits.test_images, splits.test_labels.astype(np.uint8)))

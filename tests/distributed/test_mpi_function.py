@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tapeflow as tp
+import tapeflow.distributed as dist
 from tapeflow.distributed import DistributedGradientTape, MismatchError
 from tapeflow.optimizers import SGD, Adam
 
@@ -136,3 +137,33 @@ def test_a_distributed_optimizer_inside_a_trace_equals_the_eager_one(comm):
         rows = comm.allgather(np.ascontiguousarray(v)[None])
         for r in range(comm.size):
             np.testing.assert_array_equal(rows[r], rows[0], err_msg=f"rank {r}")
+
+
+@pytest.mark.mpi
+def test_broadcast_variables_inside_a_traced_step_runs_after_the_update(comm):
+    # Horovod's TF2 example broadcasts the weights after the first step, inside tf.function:
+    # the broadcast is part of the replay (rank 0's updated weights), not frozen at trace time.
+    def make(seed):
+        v = tp.Variable(np.full(3, float(seed + 1), np.float32))
+        return v, SGD(0.5)
+
+    def step(v, opt, x, first):
+        with tp.GradientTape() as tape:
+            loss = tp.reduce_sum(v * x)
+        tape = dist.DistributedGradientTape(tape, comm)
+        opt.apply_gradients([(tape.gradient(loss, v), v)])
+        if first:
+            dist.broadcast_variables([v], root_rank=0, comm=comm)
+        return loss
+
+    v1, o1 = make(comm.rank)
+    v2, o2 = make(comm.rank)
+    traced = tp.function(lambda x, first: step(v1, o1, x, first))
+    x = tp.constant(np.arange(3, dtype=np.float32) + comm.rank)
+    for k in range(3):
+        traced(x, k == 0)
+        step(v2, o2, x, k == 0)
+        np.testing.assert_array_equal(v1.numpy(), v2.numpy())
+    # rank 0's start (1.0) minus 0.5 * the mean gradient, then two more such steps
+    mean_grad = np.arange(3) + (comm.size - 1) / 2
+    np.testing.assert_allclose(v1.numpy(), 1.0 - 3 * 0.5 * mean_grad, rtol=1e-6)

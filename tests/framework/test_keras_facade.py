@@ -228,6 +228,10 @@ def test_datasets_return_keras_tuple_from_the_verified_loader():
     (a, b), (c, e) = tp.data.load_mnist(str(d), download=False)
     np.testing.assert_array_equal(a, x_train)
     np.testing.assert_array_equal(b, y_train)
+    # Keras's path= (its cached .npz name, as Horovod's examples pass per rank) changes nothing
+    (k, _), _ = keras.datasets.mnist.load_data(path="mnist-1.npz", data_dir=str(d),
+                                               download=False)
+    np.testing.assert_array_equal(k, x_train)
 
 
 def test_load_mnist_splits_unpack_like_keras():
