@@ -36,6 +36,7 @@ int8, int16, int32, int64, uint8 = "int8", "int16", "int32", "int64", "uint8"
 bool_ = bool = "bool"
 
 newaxis = None  # tf.newaxis: x[..., tp.newaxis]
+Module = nn.Module  # tf.Module: variables / trainable_variables / submodules of what it holds
 
 
 def is_tensor(x) -> bool:
@@ -53,7 +54,7 @@ __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
     "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "checkpoint",
     "train",
     "optimizers", "distributed", "function", "Function", "TensorSpec", "executing_eagerly",
-    "newaxis", "is_tensor",
+    "newaxis", "is_tensor", "Module",
     "float16", "float32",
     "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
 })

@@ -134,3 +134,20 @@ def test_normalization_adapts_to_feature_statistics_like_keras(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_array_equal(loaded.predict(data, verbose=0), model.predict(data, verbose=0))
+
+
+def test_tf_module_as_the_modules_guide_writes_it():
+    class SimpleModule(tp.Module):  # TensorFlow's "Introduction to modules" example
+        def __init__(self, name=None):
+            super().__init__(name=name)
+            self.a_variable = tp.Variable(5.0, name="train_me")
+            self.non_trainable_variable = tp.Variable(5.0, trainable=False, name="do_not")
+
+        def __call__(self, x):
+            return self.a_variable * x + self.non_trainable_variable
+
+    simple_module = SimpleModule(name="simple")
+    assert float(simple_module(tp.constant(5.0))) == 30.0
+    assert [v.name for v in simple_module.trainable_variables] == ["train_me"]
+    assert sorted(v.name for v in simple_module.variables) == ["do_not", "train_me"]
+    assert simple_module.name == "simple"
