@@ -14,6 +14,7 @@ from ._cli_boot import guard as _guard
 _guard()  # tapeflow-train & co.: Ctrl-C while this package loads ends them with one line
 from . import checkpoint, data, errors, nn, random, testing  # noqa: E402
 from . import train_api as train  # noqa: E402  (tf.train's checkpoints)
+from . import config  # noqa: E402
 from .array_ops import *  # noqa: F401,F403
 from .array_ops import __all__ as _array_ops_all
 from .clip_ops import clip_by_global_norm, clip_by_norm
@@ -52,7 +53,7 @@ __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
     "GradientTape", "UnconnectedGradients", "custom_gradient", "stop_gradient", "PRIMITIVES",
     "device", "DeviceSpec", "to_device",
     "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "checkpoint",
-    "train",
+    "train", "config",
     "optimizers", "distributed", "function", "Function", "TensorSpec", "executing_eagerly",
     "newaxis", "is_tensor", "Module",
     "float16", "float32",

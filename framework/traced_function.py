@@ -245,9 +245,10 @@ class Function:
         return structure, nest.flatten(structure)
 
     def __call__(self, *args, **kwargs):
-        if _TRACE or _ACTIVE:
+        if _TRACE or _ACTIVE or _RUN_EAGERLY[0]:
             # Inside another trace: inline. Under an outer eager tape: run eagerly so the tape
-            # records the ops (and can differentiate through this call).
+            # records the ops (and can differentiate through this call). With
+            # tp.config.run_functions_eagerly(True): plain Python, to debug.
             return self.python_function(*args, **kwargs)
         if not kwargs:  # fast path: positional plain Tensors, keyed by shapes and dtypes
             fast = []
@@ -422,6 +423,7 @@ class Function:
         return f"<tp.function {self.__name__}>"
 
 
+_RUN_EAGERLY = [False]  # tp.config.run_functions_eagerly
 _MAX_SIZES = 8  # plans made from one generalized trace that are kept (one per size)
 _OUT = object()  # a traced output's place in a kept trace's output leaves
 
