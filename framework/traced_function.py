@@ -221,6 +221,18 @@ class Function:
                 self._bound[instance] = bound
         return bound
 
+    def pretty_printed_concrete_signatures(self) -> str:
+        """One block per trace: its tensor arguments and what it returns."""
+        blocks = []
+        for cf in dict.fromkeys(self._cache.values()):
+            args = [f"    arg{i}: {_spec_text(s)}" for i, s in enumerate(
+                a for a in cf.arg_specs if isinstance(a, TensorSpec))]
+            outs = [_spec_text(v) for v in nest.flatten(cf.structured_outputs)]
+            names = ", ".join(f"arg{i}" for i in range(len(args)))
+            blocks.append("\n".join([f"{self.__name__}({names})", "  Args:", *args,
+                                     "  Returns:", *(f"    {o}" for o in outs or ["None"])]))
+        return "\n\n".join(blocks)
+
     def experimental_get_tracing_count(self) -> int:
         """How many times the Python function has been traced."""
         return self._tracing_count
@@ -276,6 +288,8 @@ class Function:
         if not args and not kwargs and self.input_signature is not None:
             args = tuple(self.input_signature)
         structure, leaves = self._canonical(args, kwargs)
+        if any(isinstance(v, TensorSpec) and v.shape is None for v in leaves):
+            return _AnyShape(self, [v for v in leaves if isinstance(v, TensorSpec)])
         concrete = [_placeholder(v) if isinstance(v, TensorSpec) else v for v in leaves]
         cf = self._concrete(structure, concrete)
         relaxed = [v for v in leaves if isinstance(v, TensorSpec) and None in (v.shape or ())]
@@ -452,6 +466,32 @@ def _common(shapes: list, dims) -> int | None:
     """The one size of ``dims`` in ``shapes`` (None where they differ)."""
     sizes = {shapes[i][d] for i, d in dims}
     return sizes.pop() if len(sizes) == 1 else None
+
+
+def _spec_text(v) -> str:
+    if isinstance(v, TensorSpec):
+        shape = "unknown" if v.shape is None else str(tuple(v.shape))
+        return f"{v.dtype.name} Tensor, shape={shape}"
+    return repr(v)
+
+
+class _AnyShape:
+    """``get_concrete_function`` of a spec of unknown rank (``TensorSpec(shape=None)``): it
+    takes tensors of any shape with the spec's dtype, each shape traced once by the
+    function it came from."""
+
+    def __init__(self, function: Function, specs: list):
+        self._function, self.structured_input_signature = function, list(specs)
+
+    def __call__(self, *args):
+        arrays = nest.flatten(list(args))
+        if len(arrays) != len(self.structured_input_signature) or not all(
+                s.is_compatible_with(_array(a)) for s, a in
+                zip(self.structured_input_signature, arrays)):
+            raise TypeError(f"{self._function.__name__}: concrete function called with "
+                            f"{[_describe(_array(a)) for a in arrays]}; it takes "
+                            f"{self.structured_input_signature}")
+        return self._function(*args)
 
 
 def _describe(v) -> str:

@@ -783,3 +783,22 @@ def test_a_concrete_function_keeps_output_specs_not_trace_time_arrays():
     step()
     assert before() is v._value  # updated in place: nothing pins the trace-time array
     np.testing.assert_array_equal(v.numpy(), [3.0, 3.0, 3.0])
+
+
+def test_concrete_functions_of_unknown_rank_and_the_printed_signatures():
+    @tp.function
+    def double(a):
+        return a + a
+    double(tp.constant(1))
+    double(tp.constant([1.5, 2.0]))
+    text = double.pretty_printed_concrete_signatures()
+    assert text.split("\n\n") == [
+        "double(arg0)\n  Args:\n    arg0: int32 Tensor, shape=()\n  Returns:\n"
+        "    int32 Tensor, shape=()",
+        "double(arg0)\n  Args:\n    arg0: float32 Tensor, shape=(2,)\n  Returns:\n"
+        "    float32 Tensor, shape=(2,)"]
+    any_shape = double.get_concrete_function(tp.TensorSpec(shape=None, dtype=tp.int32))
+    assert any_shape(tp.constant([1, 2])).numpy().tolist() == [2, 4]
+    assert int(any_shape(tp.constant(3))) == 6
+    with pytest.raises(TypeError, match="takes \\[TensorSpec\\(shape=None, dtype=int32"):
+        any_shape(tp.constant(1.0))
