@@ -68,9 +68,6 @@ from . import op_names as _op_names  # noqa: E402
 for _space in (_sys.modules[__name__], math, linalg, nn, random):
     _op_names.accept_name(_space, getattr(_space, "__all__", ()))
 del _space
-# Layers resolve activation names to the public functions (`Dense.activation is tp.nn.relu`).
-nn.layers._ACTIVATIONS.update({k: _op_names.public(v)
-                               for k, v in nn.layers._ACTIVATIONS.items()})
 
 
 # Subpackages of higher layers, reachable as attributes (`tp.optimizers.SGD`) but imported on
@@ -85,12 +82,9 @@ _KERAS_ALIASES = ("losses", "metrics", "initializers", "callbacks")
 
 
 def __getattr__(name: str):
-    if name in _LAZY_SUBPACKAGES:
+    if name in _LAZY_SUBPACKAGES or name in _KERAS_ALIASES:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
-    if name in _KERAS_ALIASES:
-        import importlib
-
-        return importlib.import_module(f".keras.{name}", __name__)
+        where = "keras." if name in _KERAS_ALIASES else ""
+        return importlib.import_module(f".{where}{name}", __name__)
     raise AttributeError(f"module 'tapeflow' has no attribute {name!r}")

@@ -184,19 +184,23 @@ class _Fitter:
             raise _Mismatch(f"functions {a.__qualname__} and {b.__qualname__}")
         cells = self(tuple(c.cell_contents for c in a.__closure__ or ()),
                      tuple(c.cell_contents for c in b.__closure__ or ()))
-        rest = self((a.__defaults__, a.__kwdefaults__, dict(vars(a))),
-                    (b.__defaults__, b.__kwdefaults__, dict(vars(b))))
+        # (attributes as item tuples, and keyword defaults too: an unchanged function is Const)
+        rest = self((a.__defaults__, tuple((a.__kwdefaults__ or {}).items()),
+                     tuple(vars(a).items())),
+                    (b.__defaults__, tuple((b.__kwdefaults__ or {}).items()),
+                     tuple(vars(b).items())))
         if isinstance(cells, _Const) and isinstance(rest, _Const):
             return _Const(a)
 
         def build(n, m, cells, rest):
             defaults, kwdefaults, attrs = rest.make(n, m)
+            kwdefaults = None if a.__kwdefaults__ is None else dict(kwdefaults)
             fn = types.FunctionType(a.__code__, a.__globals__, a.__name__, defaults,
                                     tuple(types.CellType(v) for v in cells.make(n, m))
                                     if a.__closure__ else None)
             fn.__kwdefaults__ = kwdefaults
             fn.__qualname__ = a.__qualname__
-            fn.__dict__.update(attrs)
+            fn.__dict__.update(dict(attrs))
             return fn
         return _Made(build, cells, rest)
 

@@ -249,12 +249,13 @@ def analyse(tr) -> tuple[bool, dict]:
     if getattr(tr, "alias_of", None) is None:
         tr.host = all(isinstance(a, (np.ndarray, np.generic))
                       for a in (*tr.arrays.values(), *tr.const.values()))
-        tr.alias_of = {} if not tr.host else {
-            node[5]: next(s for s in node[3]
-                          if np.may_share_memory(tr.values[node[5]], tr.values[s]))
-            for node in tr.nodes
-            if node[0] == "op" and not _is_view_node(node) and any(
-                np.may_share_memory(tr.values[node[5]], tr.values[s]) for s in node[3])}
+        tr.alias_of = {}
+        for node in tr.nodes if tr.host else ():
+            if node[0] == "op" and not _is_view_node(node):
+                shared = next((s for s in node[3]
+                               if np.may_share_memory(tr.values[node[5]], tr.values[s])), None)
+                if shared is not None:
+                    tr.alias_of[node[5]] = shared
     return tr.host, tr.alias_of
 
 

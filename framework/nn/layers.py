@@ -22,6 +22,7 @@ import numpy as np
 from .. import ops
 from .._backend import array_module
 from ..tensor import Tensor, Variable, as_dtype, convert_to_tensor
+from ..op_names import public
 from . import activations as A
 from . import functional as F
 from . import init
@@ -64,7 +65,8 @@ def get_activation(activation: ActivationLike) -> Callable[[Tensor], Tensor] | N
     if activation is None or callable(activation):
         return activation
     if isinstance(activation, str) and activation in _ACTIVATIONS:
-        return _ACTIVATIONS[activation]
+        # the public function (tp.nn.relu, with its name= argument), not the one it wraps
+        return public(_ACTIVATIONS[activation])
     raise ValueError(f"unknown activation {activation!r}; expected None, a callable or one of "
                      f"{sorted(_ACTIVATIONS)}")
 
