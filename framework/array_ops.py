@@ -236,6 +236,8 @@ def boolean_mask(tensor, mask, axis: int = 0) -> Tensor:
     if m.ndim == 0 or tuple(x.shape[ax:ax + m.ndim]) != tuple(m.shape):
         raise InvalidArgumentError(f"boolean_mask: mask shape {m.shape} must match the "
                                    f"tensor's shape {x.shape} from axis {ax}")
+    if _TRACE:
+        _TRACE[-1].value_shaped("boolean_mask", m)
     hits = array_module(m._value).nonzero(m._value)
     return P.getitem_p(x, index=(slice(None),) * ax + tuple(hits))
 

@@ -223,6 +223,9 @@ def where(condition, x=None, y=None) -> Tensor:
     if cond._value.dtype != np.bool_:
         raise TypeError(f"where: condition must be bool, got {cond.dtype}")
     if x is None and y is None:
+        if _TRACE:
+            _TRACE[-1].value_shaped("where(condition) (the coordinates of its True entries)",
+                                    cond)
         return derived(_coordinates, cond)
     if x is None or y is None:
         raise ValueError("where: give both x and y, or neither (for the coordinates of the "

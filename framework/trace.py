@@ -135,6 +135,17 @@ class Tracer:
                 "tensor's value would be frozen into the trace. Use tp.where / tensor ops, or "
                 "pass the value as a Python argument (each value then gets its own trace)")
 
+    def value_shaped(self, what: str, *tensors: Tensor) -> None:
+        """Refuse an op whose output shape depends on a traced tensor's values: a static plan
+        has one shape per slot (its buffers and the ops after it are made for it), so a
+        replay would give a wrong result, not a different shape."""
+        if any(self.is_traced(t) for t in tensors):
+            raise TraceError(
+                f"{self.name}: {what} of a traced tp.Tensor has a shape that depends on its "
+                "values, which a tp.function plan cannot replay; keep the shape fixed (tp.where"
+                "(mask, x, 0), a product with tp.cast(mask, x.dtype)) or run this part "
+                "eagerly, outside tp.function")
+
     def on_variable(self, var: Variable) -> None:
         if not self.allow_variables:
             raise ValueError(

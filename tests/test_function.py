@@ -802,3 +802,13 @@ def test_concrete_functions_of_unknown_rank_and_the_printed_signatures():
     assert int(any_shape(tp.constant(3))) == 6
     with pytest.raises(TypeError, match="takes \\[TensorSpec\\(shape=None, dtype=int32"):
         any_shape(tp.constant(1.0))
+
+
+@pytest.mark.parametrize("fn", [lambda x: tp.boolean_mask(x, x > 0),
+                                lambda x: tp.where(x > 0) + 1])
+def test_ops_whose_shape_depends_on_values_are_refused_in_a_trace(fn):
+    # A static plan has one shape per value: a mask frozen at trace time would be garbage.
+    with pytest.raises(TraceError, match="depends on its values"):
+        tp.function(fn)(tp.constant([1.0, -1.0, 2.0]))
+    f = tp.function(lambda x: tp.boolean_mask(x, [True, False, True]))  # a constant mask
+    np.testing.assert_array_equal(f(tp.constant([3.0, -1.0, 4.0])).numpy(), [3.0, 4.0])
