@@ -23,7 +23,7 @@ from . import devices as _device
 from ._backend import array_module
 from .errors import InvalidArgumentError, InvalidArgumentIndexError
 from .recording import derived
-from .tensor import Tensor, _to_array, as_dtype, convert_to_tensor
+from .tensor import _TRACE, Tensor, _to_array, as_dtype, convert_to_tensor
 
 __all__ = [
     "shape", "size", "rank", "split", "tile", "repeat", "unstack", "einsum", "tensordot",
@@ -33,13 +33,28 @@ __all__ = [
 
 # ---------------------------------------------------------------- shape queries
 def shape(input, out_type="int32") -> Tensor:
-    """The shape as a 1-D integer Tensor (``tf.shape``)."""
-    return Tensor(np.asarray(convert_to_tensor(input).shape, dtype=as_dtype(out_type)))
+    """The shape as a 1-D integer Tensor (``tf.shape``); where a ``None`` dimension is traced
+    symbolically, each call's own shape."""
+    x = convert_to_tensor(input)
+    if _TRACE and _TRACE[-1].dual is not None:
+        return derived(_shape_of, x, dtype=as_dtype(out_type))
+    return Tensor(np.asarray(x.shape, dtype=as_dtype(out_type)))
 
 
 def size(input, out_type="int32") -> Tensor:
-    """The number of elements as a scalar integer Tensor."""
-    return Tensor(np.asarray(convert_to_tensor(input).size, dtype=as_dtype(out_type)))
+    """The number of elements as a scalar integer Tensor (each call's own, as ``shape``)."""
+    x = convert_to_tensor(input)
+    if _TRACE and _TRACE[-1].dual is not None:
+        return derived(_size_of, x, dtype=as_dtype(out_type))
+    return Tensor(np.asarray(x.size, dtype=as_dtype(out_type)))
+
+
+def _shape_of(a, dtype):
+    return np.asarray(a.shape, dtype=dtype)
+
+
+def _size_of(a, dtype):
+    return np.asarray(a.size, dtype=dtype)
 
 
 def rank(input) -> Tensor:

@@ -7,6 +7,7 @@ and applies a primitive. Functions without a primitive of their own are composit
 from __future__ import annotations
 
 import builtins
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ from .device_ops import to_device as _to_device
 from ._backend import array_module
 from .errors import InvalidArgumentError, InvalidArgumentIndexError, InvalidArgumentTypeError
 from .recording import _ACTIVE, _NO_PARAMS, _new, _record2, derived, stop_gradient
+from .symdim import Dim, broadcast_shapes, concrete_shape, shape_value
 from .tensor import (_TRACE, Tensor, Variable, VariableSlice, _next_id, _to_array, as_dtype,
                      constant, convert_to_tensor)
 
@@ -71,7 +73,7 @@ def _pair(x, y, op: str) -> tuple[Tensor, Tensor]:
 
 def _check_broadcast(x: Tensor, y: Tensor, op: str) -> None:
     try:
-        np.broadcast_shapes(x._value.shape, y._value.shape)
+        np.broadcast_shapes(concrete_shape(x._value), concrete_shape(y._value))
     except ValueError:
         raise InvalidArgumentError(f"{op}: shapes {x.shape} and {y.shape} are not "
                                    f"broadcast-compatible") from None
@@ -81,6 +83,9 @@ def _binary(prim, op: str):
     def fn(x, y) -> Tensor:
         # Fast path: two tensors of one dtype (Variables included). ``prim.call2`` inlined, so
         # the common op costs one Python frame besides the recording.
+        if _TRACE and _TRACE[-1].dual is not None:
+            x, y = _pair(x, y, op)
+            return _TRACE[-1].apply(prim, prim.fwd, (x, y), _NO_PARAMS)
         try:
             xv, yv = x._value, y._value
         except AttributeError:
@@ -232,7 +237,7 @@ def where(condition, x=None, y=None) -> Tensor:
                          "True entries)")
     x, y = _pair(x, y, "where")
     try:
-        np.broadcast_shapes(cond.shape, x.shape, y.shape)
+        broadcast_shapes(cond.shape, x.shape, y.shape)
     except ValueError:
         raise InvalidArgumentError(f"where: shapes condition {cond.shape}, x {x.shape}, y "
                                    f"{y.shape} are not broadcast-compatible") from None
@@ -303,12 +308,36 @@ def reduce_mean(input_tensor, axis=None, keepdims: bool = False) -> Tensor:
     """Mean over ``axis``; integer tensors give the (truncated) integer mean, like TensorFlow."""
     x = convert_to_tensor(input_tensor)
     axes = _axes(axis, x.ndim, "reduce_mean")
-    count = x.size if axes is None else int(np.prod([x.shape[a] for a in axes]))
+    count = x.size if axes is None else _count(x.shape, axes)
     if x.dtype.kind != "f":
         return derived(lambda a: (a.sum(axis=axes, keepdims=keepdims)
                                   // builtins.max(count, 1)).astype(a.dtype), x)
     s = P.reduce_sum_p(x, axis=axes, keepdims=bool(keepdims))
+    if isinstance(count, Dim):  # a None dimension traced symbolically: 1/n of each call
+        return P.multiply_p(s, shape_constant(x, functools.partial(_inverse_count, axes),
+                                              s.dtype))
     return P.multiply_p(s, P._c(1.0 / count if count else np.nan, s))
+
+
+def shape_constant(x: Tensor, fn, dtype) -> Tensor:
+    """``fn(x.shape)`` (a number computed from a shape: a count, its inverse) as a scalar of
+    ``dtype``; inside ``tp.function`` with ``x``'s ``None`` dimension traced symbolically, a
+    value computed from each call's shape (the number itself would freeze one batch size)."""
+    if _TRACE and _TRACE[-1].dual is not None and any(isinstance(d, Dim) for d in x.shape):
+        return derived(shape_value, x, of=fn, dtype=as_dtype(dtype))
+    return Tensor(array_module(x._value).asarray(fn(x.shape), dtype=as_dtype(dtype)))
+
+
+def _count(shape: tuple, axes) -> int:
+    count = 1
+    for a in axes:
+        count = shape[a] * count
+    return count
+
+
+def _inverse_count(axes, shape: tuple) -> float:
+    count = _count(shape, range(len(shape)) if axes is None else axes)
+    return 1.0 / count if count else np.nan
 
 
 def argmax(input, axis: int = 0, output_type="int64") -> Tensor:
@@ -324,9 +353,12 @@ def argmin(input, axis: int = 0, output_type="int64") -> Tensor:
 # ---------------------------------------------------------------- shapes
 def reshape(tensor, shape) -> Tensor:
     x = convert_to_tensor(tensor)
-    shape = tuple(int(d) for d in (shape.numpy() if isinstance(shape, Tensor) else shape))
+    shape = tuple(d if isinstance(d, Dim) else int(d)
+                  for d in (shape.numpy() if isinstance(shape, Tensor) else shape))
     known = [d for d in shape if d != -1]
-    size = int(np.prod(known)) if known else 1
+    size = 1
+    for d in known:
+        size = d * size
     if shape.count(-1) > 1 or (shape.count(-1) == 0 and size != x.size) or \
             (shape.count(-1) == 1 and (size == 0 or x.size % size)):
         raise InvalidArgumentError(f"reshape: cannot reshape a tensor of shape {x.shape} "
@@ -370,7 +402,7 @@ def broadcast_to(input, shape) -> Tensor:
     x = convert_to_tensor(input)
     shape = tuple(int(d) for d in shape)
     try:
-        if np.broadcast_shapes(x.shape, shape) != shape:
+        if broadcast_shapes(x.shape, shape) != shape:
             raise ValueError
     except ValueError:
         raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {shape}") from None

@@ -32,6 +32,7 @@ from . import conv as CV
 from . import nest
 from . import primitives as P
 from . import primitives_ext as PX
+from .symdim import shape_value, shape_value_into
 from .tensor import Tensor
 
 __all__ = ["Plan", "compile_plan", "analyse"]
@@ -52,6 +53,7 @@ _VIEWS = {"reshape", "transpose", "broadcast_to", "getitem"}
 OUT_KERNELS: dict[Callable, Callable] = {
     operator.ge: np.greater_equal, operator.gt: np.greater, operator.le: np.less_equal,
     operator.lt: np.less, P._positive: lambda a, out: np.greater(a, 0, out=out),
+    shape_value: shape_value_into,
 }
 
 
@@ -259,9 +261,31 @@ def analyse(tr) -> tuple[bool, dict]:
     return tr.host, tr.alias_of
 
 
-def compile_plan(tr, outputs: list) -> Plan:
-    """Compile tracer ``tr``'s nodes into a :class:`Plan` returning the ``outputs`` slots."""
+class PlanShapeError(RuntimeError):
+    """A checked plan (one made for a new size from a generalized trace) met an op whose
+    result does not have the shape the plan was made for; ``safe``: no state had changed."""
+
+    def __init__(self, message: str, safe: bool):
+        super().__init__(message)
+        self.safe = safe
+
+
+def _checked(arr, shape: tuple, what: str, safe: bool):
+    if arr.shape != shape:
+        raise PlanShapeError(f"tp.function: {what} gave shape {arr.shape} where the plan made "
+                             f"for this size expected {shape}", safe)
+
+
+def compile_plan(tr, outputs: list, checked: bool = False) -> Plan:
+    """Compile tracer ``tr``'s nodes into a :class:`Plan` returning the ``outputs`` slots.
+
+    ``checked``: after every op that makes a new array or a view (the only results whose
+    shapes the plan does not fix with its buffers), check its shape against the trace's and
+    raise :class:`PlanShapeError` if it differs (for a plan made from a generalized trace:
+    its first run proves the generalization at that size)."""
     nodes = [n for n, k in zip(tr.nodes, _live_nodes(tr.nodes, outputs)) if k]
+    first_change = next((n for n, node in enumerate(nodes)
+                         if node[0] in ("assign", "call", "fn")), len(nodes))
     host, alias_of = analyse(tr)
     end_all = len(nodes)
     nslots = len(tr.meta)
@@ -287,7 +311,14 @@ def compile_plan(tr, outputs: list) -> Plan:
         r = root(s)
         group_end[r] = max(group_end.get(r, -1), last[s])
 
-    ns: dict[str, Any] = {"np": np, "_Tensor": Tensor}
+    ns: dict[str, Any] = {"np": np, "_Tensor": Tensor, "_checked": _checked}
+
+    def check(n: int, out: int, op) -> str:
+        if not checked:
+            return ""
+        what = getattr(op, "name", None) or getattr(op, "__name__", "an op")
+        return f"; _checked(s{out}, {tuple(tr.meta[out][0])!r}, {what!r}, {n < first_change})"
+
     shared: dict = {}                            # state kernels share (a loss and its gradient)
     static: dict[int, Any] = dict(tr.const)      # slot -> array known at compile time
     buf_of: dict[int, int] = {}                  # group root -> buffer index
@@ -361,13 +392,13 @@ def compile_plan(tr, outputs: list) -> Plan:
                     steps.append(("view", prim, ins, out))
                     continue
             ns[f"f{n}"] = kernel
-            lines[n] = f"s{out} = f{n}({args})"
+            lines[n] = f"s{out} = f{n}({args})" + check(n, out, prim or fn)
             steps.append(("view", prim, ins, out))
             continue
         ok = _out_kernel(node, tr.meta, shared) if host else None
         if ok is None:
             ns[f"f{n}"] = functools.partial(fn, **params) if params else fn
-            lines[n] = f"s{out} = f{n}({args})"
+            lines[n] = f"s{out} = f{n}({args})" + check(n, out, prim or fn)
             steps.append(("alloc", prim or fn, ins, out))
             continue
         kernel, inplace = ok

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .devices import place  # drawn on the host (seeded), then on the tp.device scope's device
-from .tensor import Tensor, as_dtype
+from .tensor import _TRACE, Tensor, as_dtype
 
 __all__ = ["set_seed", "uniform", "normal", "generator", "get_state", "set_state"]
 
@@ -23,13 +23,38 @@ def generator(seed: int | None = None) -> np.random.Generator:
 
 
 def uniform(shape, minval=0.0, maxval=1.0, dtype="float32", seed=None) -> Tensor:
-    g = generator(seed)
-    return Tensor(place(g.uniform(minval, maxval, size=tuple(shape)).astype(as_dtype(dtype))))
+    """Uniform draws in ``[minval, maxval)``; inside ``tp.function``, fresh ones every call."""
+    shape, dtype = tuple(shape), as_dtype(dtype)
+    return _drawn(lambda: (place(generator(seed).uniform(minval, maxval, size=shape)
+                                 .astype(dtype)),))
 
 
 def normal(shape, mean=0.0, stddev=1.0, dtype="float32", seed=None) -> Tensor:
-    g = generator(seed)
-    return Tensor(place(g.normal(mean, stddev, size=tuple(shape)).astype(as_dtype(dtype))))
+    """Normal draws; inside ``tp.function``, fresh ones every call."""
+    shape, dtype = tuple(shape), as_dtype(dtype)
+    return _drawn(lambda: (place(generator(seed).normal(mean, stddev, size=shape)
+                                 .astype(dtype)),))
+
+
+def _drawn(draw) -> Tensor:
+    """``draw()``'s array as a Tensor; while ``tp.function`` traces, a value drawn again on
+    every call (as TensorFlow's stateful random ops), and the trace's own draw is undone so
+    the generator advances once per call, as eagerly."""
+    if not _TRACE:
+        return Tensor(draw()[0])
+    t = Tensor(undone(draw)[0])
+    _TRACE[-1].effect(draw, (), (t,))
+    return t
+
+
+def undone(draw, *args):
+    """``draw(*args)`` with the global generator left as it was (a draw made while tracing,
+    which every replay makes again)."""
+    state = get_state()
+    try:
+        return draw(*args)
+    finally:
+        set_state(state)
 
 
 def get_state() -> dict:

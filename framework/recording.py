@@ -68,6 +68,8 @@ class Primitive:
 
     def __call__(self, *args: Tensor, **params) -> Tensor:
         """Apply to Tensors (already converted); record on every tape watching an input."""
+        if _TRACE and _TRACE[-1].dual is not None:
+            return _TRACE[-1].apply(self, self.fwd, args, params)
         out = _new(Tensor)
         if params:
             out._value = value = self.fwd(*[a._value for a in args], **params)
@@ -82,6 +84,8 @@ class Primitive:
 
     def call2(self, x: Tensor, y: Tensor) -> Tensor:
         """``self(x, y)`` for parameterless binary primitives: the hot path of arithmetic."""
+        if _TRACE and _TRACE[-1].dual is not None:
+            return _TRACE[-1].apply(self, self.fwd, (x, y), _NO_PARAMS)
         xv, yv = x._value, y._value
         out = _new(Tensor)
         out._value = value = self.fwd(xv, yv)
@@ -114,6 +118,8 @@ def derived(fn: Callable, *tensors: Tensor, **params) -> Tensor:
     primitive (comparison masks, ``argmax``, ``one_hot``): a ``tp.function`` trace then records
     the computation and its replay recomputes it from that step's inputs.
     """
+    if _TRACE and _TRACE[-1].dual is not None:
+        return _TRACE[-1].apply(None, fn, tensors, params)
     if params:
         out = Tensor(fn(*[t._value for t in tensors], **params))
     else:

@@ -109,7 +109,8 @@ class TensorShape(tuple):
         return n
 
     def is_fully_defined(self) -> bool:
-        return True  # eager shapes are always known
+        """False inside ``tp.function`` for a shape with a ``None`` dimension."""
+        return all(type(d) is int or isinstance(d, np.integer) for d in self)
 
     def __getitem__(self, key):
         out = tuple.__getitem__(self, key)
@@ -229,6 +230,9 @@ class Tensor:
         return format(self._value.item(), spec)
 
     def __repr__(self) -> str:
+        if getattr(self._value, "_dims", None) is not None:  # traced with a None dimension
+            return f'Tensor("{_TRACE[-1].name if _TRACE else "traced"}", shape={self.shape}, ' \
+                   f'dtype={self.dtype})'
         return f"tp.Tensor({_format(self._value)}, shape={self.shape}, dtype={self.dtype})"
 
     __str__ = __repr__

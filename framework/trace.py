@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import nest
+from .symdim import SymbolicDimError, at, dims_of, has_dim, plain, sym
 from .tensor import _TRACE, Tensor, Variable
 
 __all__ = ["Tracer", "TraceError", "replayed", "replayed_value"]
@@ -43,8 +44,14 @@ class TraceError(TypeError):
 class Tracer:
     """Records one trace; see the module docstring."""
 
-    def __init__(self, allow_variables: bool, name: str):
+    def __init__(self, allow_variables: bool, name: str, dual: tuple | None = None):
         self.allow_variables = allow_variables
+        # (n1, n2): trace a None dimension symbolically (:mod:`symdim`), every traced value
+        # computed at the real size n1 and at a shadow size n2 (``values2``, ``meta2``).
+        self.dual = dual
+        self.values2: list = []
+        self.meta2: list[tuple] = []
+        self.symbolic_failed = False
         self.name = name
         self.nodes: list[tuple] = []
         self.meta: list[tuple] = []         # slot -> (shape, dtype)
@@ -66,8 +73,15 @@ class Tracer:
         self.values = self.arrays = self.snapshots = self.slot_of = None
 
     # -- slots ------------------------------------------------------------------------------
-    def _new(self, value, kind: str) -> int:
+    def _new(self, value, kind: str, value2=None) -> int:
         slot = len(self.meta)
+        if self.dual is not None:
+            if kind != "const":
+                self.arrays[id(value)] = value  # (the SymArray Python code holds)
+            value = plain(value)
+            value2 = value if value2 is None else value2
+            self.values2.append(value2)
+            self.meta2.append((value2.shape, value2.dtype))
         self.meta.append((value.shape, value.dtype))
         self.values.append(value)
         self.kind.append(kind)
@@ -75,10 +89,63 @@ class Tracer:
             self.arrays[id(value)] = value  # kept alive: ids of traced arrays stay unique
         return slot
 
-    def add_input(self, t: Tensor) -> None:
-        slot = self._new(t._value, "input")
+    def add_input(self, t: Tensor, shadow=None, dims: tuple | None = None) -> None:
+        """A traced input; tracing symbolically (``dual``), ``shadow`` is its value at the
+        shadow size and ``dims`` its symbolic shape."""
+        if self.dual is not None:
+            t._value = sym(t._value, dims)
+        slot = self._new(t._value, "input", shadow)
         self.slot_of[t._id] = slot
         self.inputs.append(slot)
+
+    # -- symbolic tracing (dual) -------------------------------------------------------------
+    def apply(self, prim, fn: Callable, args: tuple, params: dict) -> Tensor:
+        """Run one primitive (``prim``) or derived value (``prim`` None) while tracing
+        symbolically: at both sizes, each with its parameters' :class:`symdim.Dim` s made
+        sizes; the output is seen from Python with its symbolic shape."""
+        from .recording import _ACTIVE, _record
+        n1, n2 = self.dual
+        a1 = [plain(a._value) for a in args]
+        p1 = at(params, n1)
+        v1 = fn(*a1, **p1) if p1 else fn(*a1)
+        out = Tensor(v1)
+        if not (has_dim(params) or any(self.is_traced(a) for a in args)):
+            if prim is not None and _ACTIVE and v1.dtype.kind == "f":
+                _record(prim, args, out, params)
+            return out  # a constant (folded)
+        a2 = [self.values2[self.slot(a)] for a in args]
+        p2 = at(params, n2)
+        try:
+            v2 = fn(*a2, **p2) if p2 else fn(*a2)
+        except Exception as e:
+            self.symbolic_failed = True
+            raise SymbolicDimError(f"{self.name}: {getattr(prim, 'name', fn.__name__)} does "
+                                   f"not run at a second batch size ({e})") from e
+        dims = dims_of(v1.shape, v2.shape, n1, n2) if hasattr(v2, "shape") else None
+        if dims is None:
+            self.symbolic_failed = True
+            raise SymbolicDimError(f"{self.name}: a shape of {getattr(prim, 'name', fn)} is not "
+                                   "a multiple of the batch size")
+        out._value = sym(v1, dims)
+        if prim is not None and _ACTIVE and v1.dtype.kind == "f":
+            _record(prim, args, out, params)
+        self._node(prim, fn, args, params, out, v2)
+        return out
+
+    def split(self):
+        """After a symbolic trace: this tracer becomes the trace at size n1 (every parameter
+        made a size) and the trace at n2 is returned, for :func:`generalize.fit`."""
+        n1, n2 = self.dual
+        nodes1, nodes2 = [], []
+        for node in self.nodes:
+            if has_dim(node):
+                nodes1.append(at(node, n1))
+                nodes2.append(at(node, n2))
+            else:
+                nodes1.append(node)
+                nodes2.append(node)
+        self.nodes = nodes1
+        return _Shadow(nodes2, self.meta2, self.const, self.kind, self.inputs)
 
     def is_traced(self, t: Tensor) -> bool:
         """Whether ``t``'s value depends on an input or a Variable (not a plain constant)."""
@@ -115,6 +182,9 @@ class Tracer:
     def node(self, prim, fn: Callable, args, params: dict, out: Tensor) -> None:
         if not any(self.is_traced(a) for a in args):
             return  # constant folding: the output is captured by value if used later
+        self._node(prim, fn, args, params, out)
+
+    def _node(self, prim, fn: Callable, args, params: dict, out: Tensor, value2=None) -> None:
         for v in params.values():
             for leaf in (v if isinstance(v, tuple) else (v,)):
                 if isinstance(leaf, np.ndarray) and id(leaf) in self.arrays:
@@ -122,7 +192,7 @@ class Tracer:
                                      "a traced tensor as a static parameter (an index array); "
                                      "tp.function cannot replay it")
         ins = tuple(self.slot(a) for a in args)
-        slot = self._new(out._value, "op")
+        slot = self._new(out._value, "op", value2)
         self.slot_of[out._id] = slot
         self.nodes.append(("op", prim, fn, ins, params, slot))
 
@@ -186,6 +256,14 @@ class Tracer:
         for vid in list(self.var_ids):
             self.slot_of.pop(vid, None)
         return None
+
+
+class _Shadow:
+    """The trace at the shadow size of a symbolic trace (what :func:`generalize.fit` reads)."""
+
+    def __init__(self, nodes, meta, const, kind, inputs):
+        self.nodes, self.meta, self.const, self.kind, self.inputs = (nodes, meta, const, kind,
+                                                                     inputs)
 
 
 def _is_iterator(a) -> bool:

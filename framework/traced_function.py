@@ -19,16 +19,19 @@ TensorFlow's semantics (``tf.function``):
 * Python control flow on a traced tensor's value (``if loss > 0:``, ``float(t)``,
   ``t.numpy()``) raises :class:`trace.TraceError` at trace time: the branch would be frozen.
 
-* a ``None`` dimension of an ``input_signature`` (and, with ``reduce_retracing``, a dimension
-  whose size changed) takes any size without a trace per size: the first two sizes are traced
-  and the traces generalized over the size (:mod:`generalize`), every later size replays a plan
-  made from that; where the two traces are not one computation at two sizes, each size is
-  traced.
+* a ``None`` dimension of an ``input_signature`` is traced once, symbolically (:mod:`symdim`):
+  inside, ``x.shape`` is ``(None, 784)`` as in TensorFlow and ``tp.shape(x)`` is each call's
+  shape; every op runs at the call's size and at a shadow size, the two traces are generalized
+  over the size (:mod:`generalize`), and every size replays a plan made from that. A function
+  that needs the size as a number (``1 / x.shape[0]``, ``range``, an ``if`` on it: errors in
+  TensorFlow) is traced at its first two sizes instead, and each size where those two are not
+  one computation at two sizes. With ``reduce_retracing`` a dimension whose size changed is
+  relaxed the same way after a second trace (TensorFlow traces twice as well).
 
-Differences from TensorFlow, by design of a concrete tracer: TensorFlow traces a ``None``
-dimension once, symbolically; here it is traced at two sizes (Python side effects run twice,
-and ``experimental_get_tracing_count()`` is 2), and a Python branch on such a size (TensorFlow:
-``x.shape[0]`` is ``None``) is frozen if both traced sizes took it. A call made while an outer
+Differences from TensorFlow, by design of a concrete tracer: sizes 0 and 1 of a ``None``
+dimension get a trace of their own (broadcasting and squeezing change the computation
+there); a function that needs a ``None`` size as a number runs (traced per size) where
+TensorFlow raises. A call made while an outer
 ``GradientTape`` records runs the Python function eagerly so the outer tape can differentiate
 it; there is no AutoGraph (``if`` on a tensor is the error above, as in TF's graph mode without
 AutoGraph); random draws in a trace (dropout) are made again on every replay, from the global
@@ -46,10 +49,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import nest
-from . import random as tp_random
 from .generalize import fit
-from .plan import Plan, compile_plan
+from .plan import Plan, PlanShapeError, compile_plan
 from .recording import _ACTIVE
+from .symdim import Dim, concrete_shape
 from .tensor import _TRACE, Tensor, Variable, as_dtype, to_numpy
 from .trace import Tracer
 
@@ -73,7 +76,9 @@ class TensorSpec:
 
     @classmethod
     def from_tensor(cls, t, name: str | None = None) -> "TensorSpec":
-        return cls(t.shape, t.dtype, name)
+        """The spec of ``t`` (inside a symbolic trace: of its value at the traced size)."""
+        return cls(concrete_shape(t._value) if isinstance(t, Tensor) else t.shape, t.dtype,
+                   name)
 
     def is_compatible_with(self, value) -> bool:
         shape = getattr(value, "shape", None)
@@ -110,6 +115,7 @@ class ConcreteFunction:
         self._single = (isinstance(structure, Tensor) and not isinstance(structure, Variable)
                         if single is None else single)
         self._relaxed: tuple | None = None  # (specs with None dims, the Function's call)
+        self._steady: Plan | None = None  # the unchecked plan, after a checked first run
         # The traced output's leaves: non-Tensors kept as-is, Tensors as their specs (the
         # trace-time arrays are not kept: one may be a Variable's array, which a kept
         # reference would stop the in-place updates of).
@@ -124,7 +130,11 @@ class ConcreteFunction:
         return list(self.arg_specs)
 
     def _call_arrays(self, arrays: list):
-        results = self.plan.run(*arrays)
+        if self._steady is not None:  # a plan made from a generalized trace: its first run
+            results = self.plan.run(*arrays)  # checks every shape it did not fix
+            self.plan, self._steady = self._steady, None
+        else:
+            results = self.plan.run(*arrays)
         if self._single:
             return Tensor(results[0])
         leaves = list(self._out_leaves)
@@ -201,6 +211,7 @@ class Function:
         self._fast: dict = {}  # (shape, dtype, ...) of positional plain Tensors -> trace
         self._families: dict = {}  # structure and ranks -> _Family (relaxed dimensions)
         self._tracing_count = 0
+        self._may_create = True  # variables may be created until a trace has succeeded
         self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # -- methods ----------------------------------------------------------------------------
@@ -272,14 +283,39 @@ class Function:
             else:
                 cf = self._fast.get(tuple(fast))
                 if cf is not None:
-                    return cf._call_arrays([a._value for a in args])
+                    try:
+                        return cf._call_arrays([a._value for a in args])
+                    except PlanShapeError as e:
+                        return self._not_general(cf, e, args, kwargs)
         structure, leaves = self._canonical(args, kwargs)
         cf = self._concrete(structure, leaves)
         if not kwargs and all(type(a) is Tensor for a in args):
             self._fast[tuple(x for a in args for x in (a._value.shape, a._value.dtype))] = cf
         arrays = [v._value if isinstance(v, Tensor) else v for v in leaves
                   if isinstance(v, (Tensor, np.ndarray)) and not isinstance(v, Variable)]
-        return cf._call_arrays(arrays)
+        try:
+            return cf._call_arrays(arrays)
+        except PlanShapeError as e:
+            return self._not_general(cf, e, args, kwargs)
+
+    def _not_general(self, cf: ConcreteFunction, error: PlanShapeError, args, kwargs):
+        """A plan made for a new size from a generalized trace found, on its checked first
+        run, an op whose shape is not what the generalization said (``x[:10]`` traced at
+        sizes under 10): the generalization is dropped and, as nothing had changed yet, this
+        size is traced; else the error is raised."""
+        fam = getattr(cf, "_family", None)
+        if fam is not None:
+            fam.template, fam.exact = None, True
+            made = {fam.made[n] for n in fam.made}
+            stale = [self._cache.pop(k) for k in made if k in self._cache]
+            fam.made.clear()
+            for k in [k for k, v in self._fast.items() if v in stale]:
+                del self._fast[k]
+        if not error.safe:
+            raise RuntimeError(f"{self.__name__}: {error}; state had already changed in this "
+                               "call, so it was not retried. Trace each size (no None in the "
+                               "input_signature)") from None
+        return self(*args, **kwargs)
 
     def get_concrete_function(self, *args, **kwargs) -> ConcreteFunction:
         """The trace for these arguments (Tensors, arrays or ``TensorSpec`` s), traced if new.
@@ -319,10 +355,12 @@ class Function:
     def _generalized(self, key: tuple, structure: list, leaves: list):
         """A trace for a call that differs from an earlier one only in relaxed dimensions (an
         input_signature's ``None``; with ``reduce_retracing``, whichever changed), all of one
-        size ``n``: the first such call traces; the second traces too and the two traces are
-        generalized over ``n`` (:func:`generalize.fit`); every later size is made from that
-        without running the Python function. None where this does not apply: the caller
-        traces (the traces did not fit, sizes 0 and 1, dimensions of different sizes)."""
+        size ``n``: an input_signature's first call is traced symbolically, once for every
+        size (:meth:`_trace_symbolic`); otherwise (or where that gives up) the first such call
+        traces, the second traces too and the two traces are generalized over ``n``
+        (:func:`generalize.fit`). Every later size is made from that without running the
+        Python function. None where this does not apply: the caller traces (the traces did
+        not fit, sizes 0 and 1, dimensions of different sizes)."""
         dims = self._relaxed_dims()
         if not dims and not self.reduce_retracing:
             return None
@@ -348,6 +386,13 @@ class Function:
             n = _common(shapes, dims) if dims else None
             if dims and (n is None or n < 2):
                 return None
+            if self.input_signature is not None and dims:
+                got = self._trace_symbolic(structure, leaves, dims, n)
+                if got is not None:  # traced once, for every size (as TensorFlow)
+                    cf, template = got
+                    fam = self._families[fkey] = _Family(dims, (n, shapes, cf, None))
+                    fam.template, fam.exact = template, template is None
+                    return cf
             cf, record = self._trace(structure, leaves, keep=True)
             self._families[fkey] = _Family(dims, (n, shapes, cf, record))
             return cf
@@ -375,7 +420,7 @@ class Function:
     def _from_template(self, fam: "_Family", n: int, cf1: ConcreteFunction,
                        key: tuple) -> ConcreteFunction:
         trace = fam.template.at(n)
-        plan = compile_plan(trace, fam.template.outputs)
+        plan = compile_plan(trace, fam.template.outputs, checked=True)
         inputs = iter(trace.inputs)
         specs = [TensorSpec(trace.meta[next(inputs)][0], s.dtype, s.name)
                  if isinstance(s, TensorSpec) else s for s in cf1.arg_specs]
@@ -384,6 +429,8 @@ class Function:
                   for i, v in enumerate(trace.structure)]
         cf = ConcreteFunction(self.__name__, plan, specs, cf1.structured_outputs, leaves,
                               cf1._out_slots, single=cf1._single)
+        cf._steady = compile_plan(trace, fam.template.outputs)
+        cf._family = fam
         fam.made[n] = key
         if len(fam.made) > _MAX_SIZES:  # plans hold buffers of their size: keep the latest
             old = self._cache.pop(fam.made.pop(next(iter(fam.made))), None)
@@ -392,32 +439,86 @@ class Function:
         return cf
 
     # -- tracing ----------------------------------------------------------------------------
+    def _trace_symbolic(self, structure: list, leaves: list, dims: frozenset, n: int):
+        """Trace once with the ``None`` dimensions ``dims`` symbolic (:mod:`symdim`): the
+        Python function runs once, on the call's tensors (size ``n``), every op also at a
+        shadow size; ``(ConcreteFunction, Template | None)``, or None where something in the
+        function needed the size as a number (the caller then traces per size)."""
+        if not all(type(v._value if isinstance(v, Tensor) else v) is np.ndarray
+                   for v in leaves if isinstance(v, (Tensor, np.ndarray))
+                   and not isinstance(v, Variable)):
+            return None  # (NumPy arrays only: CuPy's are traced per size)
+        n2 = 2 * n + 1  # (odd, and far from n: n // 2 or n - 1 cannot look constant)
+        tracer = Tracer(allow_variables=self._may_create, name=self.__name__, dual=(n, n2))
+        inputs = []
+        tensor_index = 0
+        for v in leaves:
+            if isinstance(v, (Tensor, np.ndarray)) and not isinstance(v, Variable):
+                arr = v._value if isinstance(v, Tensor) else v
+                axes = [d for i, d in dims if i == tensor_index]
+                shadow = arr
+                for d in axes:  # the call's rows, repeated to the shadow size
+                    shadow = np.take(shadow, np.arange(n2) % n, axis=d)
+                inputs.append((arr, shadow, tuple(Dim(1) if d in axes else s
+                                                  for d, s in enumerate(arr.shape))))
+                tensor_index += 1
+        try:
+            cf, tracer, out_marks, slots = self._run_trace(structure, leaves, tracer, inputs)
+        except Exception:  # (whatever failed: the trace per size says it, or works)
+            cf = None
+        if cf is None or tracer.symbolic_failed:
+            return None  # (a first trace that failed here leaves variables to the next)
+        self._may_create = False
+        shadow = tracer.split()
+        plan = compile_plan(tracer, slots)
+        cf = ConcreteFunction(self.__name__, plan, *cf)
+        tracer.release_values()
+        return cf, fit(tracer, n, out_marks, shadow, n2, out_marks, slots)
+
     def _trace(self, structure: list, leaves: list, keep: bool = False) -> tuple:
         """Run the Python function under a tracer: ``(ConcreteFunction, record)``, the record
         (tracer, output marks and slots, for :func:`generalize.fit`) only with ``keep``."""
-        tracer = Tracer(allow_variables=self._tracing_count == 0, name=self.__name__)
+        tracer = Tracer(allow_variables=self._may_create, name=self.__name__)
+        (specs, out, out_leaves, out_slots), tracer, marks, slots = self._run_trace(
+            structure, leaves, tracer, None)
+        self._may_create = False
+        plan = compile_plan(tracer, slots)
+        cf = ConcreteFunction(self.__name__, plan, specs, out, out_leaves, out_slots)
+        if not keep:
+            return cf, None
+        tracer.release_values()
+        return cf, _Record(tracer, marks, slots)
+
+    def _run_trace(self, structure: list, leaves: list, tracer: Tracer, inputs: list | None):
+        """Run the Python function on ``tracer``: ``((specs, out, out_leaves, out_slots),
+        tracer, output marks, output slots)``; ``inputs``: (array, shadow, symbolic shape) of
+        each tensor argument when tracing symbolically."""
         traced_leaves = []
         specs = []
+        k = 0
         for v in leaves:
             if isinstance(v, (Tensor, np.ndarray)) and not isinstance(v, Variable):
                 t = Tensor(v._value if isinstance(v, Tensor) else v)
-                tracer.add_input(t)
-                traced_leaves.append(t)
                 specs.append(TensorSpec.from_tensor(t))
+                if inputs is None:
+                    tracer.add_input(t)
+                else:
+                    tracer.add_input(t, inputs[k][1], inputs[k][2])
+                    k += 1
+                traced_leaves.append(t)
             else:
                 traced_leaves.append(v)
                 specs.append(v)
         args, kwargs = nest.pack_as(structure, traced_leaves)
         self._tracing_count += 1
-        rng_state = tp_random.get_state()
+        # (The trace is dry: the random draws it records -- dropout masks, tp.random -- are
+        # undone where they are made, and every replay draws them; a Variable's initial value
+        # drawn on the first trace advances the generator, as eagerly.)
         _TRACE.append(tracer)
         try:
             out = self.python_function(*args, **kwargs)
         finally:
             _TRACE.remove(tracer)
-            # The trace is dry: random draws made while tracing (dropout masks) do not advance
-            # the global generator; the first call's replay draws them.
-            tp_random.set_state(rng_state)
         out_leaves = nest.flatten(out)
         out_slots: dict[int, int] = {}
         slots: list[int] = []
@@ -425,13 +526,8 @@ class Function:
             if isinstance(leaf, Tensor) and not isinstance(leaf, Variable):
                 out_slots[i] = len(slots)
                 slots.append(tracer.slot(leaf))
-        plan = compile_plan(tracer, slots)
-        cf = ConcreteFunction(self.__name__, plan, specs, out, out_leaves, out_slots)
-        if not keep:
-            return cf, None
-        tracer.release_values()
         marks = [_OUT if i in out_slots else v for i, v in enumerate(out_leaves)]
-        return cf, _Record(tracer, marks, slots)
+        return (specs, out, out_leaves, out_slots), tracer, marks, slots
 
     def __repr__(self) -> str:
         return f"<tp.function {self.__name__}>"
@@ -517,10 +613,12 @@ def function(func: Callable | None = None, input_signature=None, autograph: bool
              experimental_follow_type_hints: bool | None = None) -> Function | Callable:
     """Trace ``func`` once per input signature and replay a static plan (``tf.function``).
 
-    Usable as ``@tp.function``, ``@tp.function(input_signature=[...])`` and on methods.
-    ``reduce_retracing`` (``experimental_relax_shapes``, its old name): a call whose shapes
-    differ from an earlier trace's is traced once more and then replayed for every size of
-    the dimensions that changed (as TensorFlow relaxes them to ``None``). TensorFlow's other
+    Usable as ``@tp.function``, ``@tp.function(input_signature=[...])`` and on methods. A
+    ``None`` dimension of the ``input_signature`` is traced once for every size (``x.shape``
+    is ``(None, ...)`` inside). ``reduce_retracing`` (``experimental_relax_shapes``, its old
+    name): a call whose shapes differ from an earlier trace's is traced once more and then
+    replayed for every size of the dimensions that changed (as TensorFlow relaxes them to
+    ``None``). TensorFlow's other
     arguments (``autograph``, ``jit_compile``, ``experimental_*``) are accepted; a traced
     function here is always compiled into a plan and never converted by AutoGraph.
 

@@ -812,3 +812,15 @@ def test_ops_whose_shape_depends_on_values_are_refused_in_a_trace(fn):
         tp.function(fn)(tp.constant([1.0, -1.0, 2.0]))
     f = tp.function(lambda x: tp.boolean_mask(x, [True, False, True]))  # a constant mask
     np.testing.assert_array_equal(f(tp.constant([3.0, -1.0, 4.0])).numpy(), [3.0, 4.0])
+
+
+def test_random_ops_draw_on_every_call_of_a_traced_function():
+    # tf.random.uniform in a tf.function is a stateful op: new values on every call.
+    f = tp.function(lambda: tp.random.uniform((3,)) + tp.random.normal((3,)))
+    tp.random.set_seed(7)
+    a, b = f().numpy(), f().numpy()
+    assert not np.array_equal(a, b)
+    tp.random.set_seed(7)
+    eager = [(tp.random.uniform((3,)) + tp.random.normal((3,))).numpy() for _ in range(2)]
+    np.testing.assert_array_equal(a, eager[0])
+    np.testing.assert_array_equal(b, eager[1])

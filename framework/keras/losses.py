@@ -166,10 +166,18 @@ class Loss:
         total = ops.reduce_sum(per)
         if self.reduction == "sum":
             return total
-        return ops.divide(total, float(max(per.size, 1)))
+        return ops.divide(total, ops.shape_constant(per, _batch_count, total.dtype))
 
     def get_config(self) -> dict:
         return {"name": self.name, "reduction": self.reduction, **self.options}
+
+
+def _batch_count(shape: tuple) -> float:
+    """The number of per-example losses (at least 1): what "sum_over_batch_size" divides by."""
+    count = 1
+    for d in shape:
+        count *= d
+    return float(max(count, 1))
 
 
 def _snake(name: str) -> str:

@@ -16,6 +16,8 @@ from .. import primitives_ext as PX
 from ..conv import conv2d_p
 from ..errors import InvalidArgumentError
 from ..recording import derived
+from ..symdim import plain
+from ..tensor import _TRACE
 from ..tensor import Tensor, convert_to_tensor
 
 __all__ = ["relu", "sigmoid", "softmax", "log_softmax", "sparse_softmax_cross_entropy_with_logits",
@@ -57,7 +59,7 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits) -> Tensor:
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"sparse_softmax_cross_entropy_with_logits: labels shape {labels.shape}"
                          f" must equal logits shape without its last axis, {logits.shape[:-1]}")
-    lv = labels._value
+    lv = plain(labels._value)
     n_classes = logits.shape[-1]
     if type(lv) is not np.ndarray:
         # On a device, as TensorFlow on a GPU: the labels are not read on the host; a label out
@@ -253,11 +255,16 @@ def compute_average_loss(per_example_loss, sample_weight=None,
     loss = convert_to_tensor(per_example_loss)
     if sample_weight is not None:
         loss = ops.multiply(loss, ops.cast(convert_to_tensor(sample_weight), loss.dtype))
-    n = loss.shape[0] if loss.ndim else 1
-    n = n if global_batch_size is None else int(global_batch_size)
+    if global_batch_size is None:  # (traced per call where the batch is a None dimension)
+        return ops.divide(ops.reduce_sum(loss), ops.shape_constant(loss, _leading, loss.dtype))
+    n = int(global_batch_size)
     if n <= 0:
         raise ValueError(f"compute_average_loss: global_batch_size must be positive, got {n}")
     return ops.divide(ops.reduce_sum(loss), float(n))
+
+
+def _leading(shape: tuple) -> float:
+    return float(shape[0]) if shape else 1.0
 
 
 def dropout(x, rate: float, noise_shape=None, seed=None) -> Tensor:
@@ -269,12 +276,19 @@ def dropout(x, rate: float, noise_shape=None, seed=None) -> Tensor:
         raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
     if rate == 0:
         return x
-    shape = x.shape if noise_shape is None else tuple(noise_shape)
+    noise = None if noise_shape is None else tuple(noise_shape)
 
     def draw(xv):
-        # (derived from x: a tp.function replay draws a fresh mask on every call)
-        # drawn by the seeded host generator, then copied to x's device explicitly
-        keep = _device.to_device(tp_random.uniform(shape, seed=seed, dtype=xv.dtype).numpy(),
-                                 _device.device_of(xv)) >= rate
+        # (derived from x: a tp.function replay draws a fresh mask on every call, of the
+        # call's shape; the trace's own draws are undone) drawn by the seeded host
+        # generator, then copied to x's device
+        if _TRACE:
+            return tp_random.undone(draw_now, xv)
+        return draw_now(xv)
+
+    def draw_now(xv):
+        shape = xv.shape if noise is None else noise
+        drawn = tp_random.generator(seed).uniform(0.0, 1.0, size=shape).astype(xv.dtype)
+        keep = _device.to_device(drawn, _device.device_of(xv)) >= rate
         return keep.astype(xv.dtype) / xv.dtype.type(1 - rate)
     return ops.multiply(x, derived(draw, x))

@@ -167,3 +167,39 @@ def test_broadcast_variables_inside_a_traced_step_runs_after_the_update(comm):
     # rank 0's start (1.0) minus 0.5 * the mean gradient, then two more such steps
     mean_grad = np.arange(3) + (comm.size - 1) / 2
     np.testing.assert_allclose(v1.numpy(), 1.0 - 3 * 0.5 * mean_grad, rtol=1e-6)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("make_opt", [lambda: SGD(0.1, momentum=0.9), lambda: Adam(0.01)])
+def test_a_none_batch_is_traced_once_with_uneven_batches_across_ranks(comm, make_opt):
+    # Horovod's TF2 loop with input_signature=[TensorSpec([None, ...])]: every rank's batches
+    # differ in size from step to step and from the other ranks'; one trace serves them all.
+    spec = [tp.TensorSpec([None, 8]), tp.TensorSpec([None], tp.int32)]
+
+    def batch(step):
+        n = 3 + (5 * step + 2 * comm.rank) % 7
+        rng = np.random.default_rng([comm.rank, step, 9])
+        return (tp.constant(rng.normal(size=(n, 8)).astype("f4")),
+                tp.constant(rng.integers(0, 4, n).astype("i4")))
+
+    runs = []
+    for traced in (False, True):
+        vs, opt = _model(), make_opt()
+
+        def step(x, y):
+            with DistributedGradientTape(tp.GradientTape(), comm, bucket_bytes=64) as tape:
+                loss = _loss(vs, x, y)
+            grads = tape.gradient(loss, vs)
+            opt.apply_gradients(zip(grads, vs))
+            return loss
+        fn = tp.function(step, input_signature=spec) if traced else step
+        losses = [float(fn(*batch(i))) for i in range(6)]
+        runs.append((losses, [v.numpy() for v in vs], fn))
+    assert runs[1][2].experimental_get_tracing_count() == 1
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+    for v in runs[1][1]:
+        rows = comm.allgather(np.ascontiguousarray(v)[None])
+        for r in range(comm.size):
+            np.testing.assert_array_equal(rows[r], rows[0], err_msg=f"rank {r}")
