@@ -57,6 +57,9 @@ def _size_of(a, dtype):
     return np.asarray(a.size, dtype=dtype)
 
 
+_shape_of._tp_shape_only = _size_of._tp_shape_only = True  # (trace.Tracer.symbolic_value)
+
+
 def rank(input) -> Tensor:
     """The number of dimensions as a scalar int32 Tensor."""
     return Tensor(np.asarray(convert_to_tensor(input).ndim, dtype=np.int32))
@@ -103,7 +106,7 @@ def split(value, num_or_size_splits, axis: int = 0, num=None) -> list:
 def tile(input, multiples) -> Tensor:
     """Repeat the whole tensor ``multiples[i]`` times along axis ``i``."""
     x = convert_to_tensor(input)
-    reps = [int(m) for m in (multiples.numpy() if isinstance(multiples, Tensor) else multiples)]
+    reps = list(ops._shape_arg(multiples))
     if len(reps) != x.ndim or min(reps, default=0) < 0:
         raise InvalidArgumentError(f"tile: multiples {reps} must have one non-negative entry "
                                    f"per axis of the input of shape {x.shape}")
@@ -319,8 +322,14 @@ def fill(dims, value, dtype=None) -> Tensor:
     v = _to_array(value, dtype)
     if v.ndim:
         raise InvalidArgumentError(f"fill: value must be a scalar, got shape {v.shape}")
-    dims = (int(dims),) if isinstance(dims, (int, np.integer)) else tuple(int(d) for d in dims)
+    dims = ops._shape_arg(dims)
+    if ops.symbolic(dims):
+        return ops.sized(_full, dims, value=v)
     return Tensor(_device.place(array_module(v).full(dims, v, dtype=v.dtype)))
+
+
+def _full(_, shape, value):
+    return np.full(shape, value, dtype=value.dtype)
 
 
 def norm(tensor, ord="euclidean", axis=None, keepdims: bool = False) -> Tensor:

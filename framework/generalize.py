@@ -76,14 +76,29 @@ class _Made:
         return got
 
 
-def _number(a, b, n1: int, n2: int):
-    """Fit two numbers: equal, ``k * n`` or ``k / n``."""
+class _Affine:
+    """``a * n + b`` (whole ``a``, ``b``), in the type of the traced value."""
+    __slots__ = ("a", "b", "cast")
+
+    def __init__(self, a: int, b: int, cast: Callable):
+        self.a, self.b, self.cast = a, b, cast
+
+    def make(self, n: int, memo: dict):
+        return self.cast(self.a * n + self.b)
+
+
+def _number(a, b, n1: int, n2: int, affine: bool = False):
+    """Fit two numbers: equal, ``k * n`` or ``k / n`` (and, with ``affine``, a whole
+    ``a * n + b``: the sizes of a symbolic trace, which are that by construction)."""
     if a == b:
         return _Const(a)
     fa, fb = float(a), float(b)
     if isinstance(a, (int, np.integer)):  # a size or an element count: k * n, k whole
         if fa * n2 == fb * n1 and int(a) % n1 == 0:
             return _Scaled(int(a) // n1, False, type(a))
+        slope, rest = divmod(int(b) - int(a), n2 - n1)
+        if affine and not rest:
+            return _Affine(slope, int(a) - slope * n1, type(a))
         raise _Mismatch(f"{a} and {b} at sizes {n1} and {n2}")
     for inverse, ka, kb in ((False, fa / n1, fb / n2), (True, fa * n1, fb * n2)):
         if ka == kb or np.isclose(ka, kb, rtol=1e-6, atol=0.0):
@@ -105,8 +120,8 @@ def _snap(k: float) -> float:
 
 
 class _Fitter:
-    def __init__(self, n1: int, n2: int):
-        self.n1, self.n2 = n1, n2
+    def __init__(self, n1: int, n2: int, affine: bool = False):
+        self.n1, self.n2, self.affine = n1, n2, affine
         self.memo: dict[tuple[int, int], Any] = {}
         self.keep: list = []  # keeps the fitted objects alive while their ids are keys
 
@@ -130,7 +145,7 @@ class _Fitter:
                 return _Const(a)
             raise _Mismatch(f"{a!r} and {b!r}")
         if isinstance(a, (int, float, np.integer, np.floating)):
-            return _number(a, b, self.n1, self.n2)
+            return _number(a, b, self.n1, self.n2, self.affine)
         if ta in (tuple, list, TensorShape):
             if len(a) != len(b):
                 raise _Mismatch(f"lengths {len(a)} and {len(b)}")
@@ -248,12 +263,15 @@ class _Trace:
         self.structure = structure
 
 
-def fit(tr1, n1: int, out1, tr2, n2: int, out2, outputs: list) -> Template | None:
+def fit(tr1, n1: int, out1, tr2, n2: int, out2, outputs: list,
+        affine: bool = False) -> Template | None:
     """The template of traces ``tr1`` (size ``n1``, output nest ``out1``) and ``tr2``, or
-    None where they are not one computation at two sizes (see the module docstring)."""
+    None where they are not one computation at two sizes (see the module docstring).
+    ``affine``: the two traces are one symbolic trace's (:mod:`symdim`), whose sizes may be
+    ``a * n + b`` (a padded batch)."""
     if min(n1, n2) < 2 or n1 == n2:
         return None
-    f = _Fitter(n1, n2)
+    f = _Fitter(n1, n2, affine)
     try:
         if (len(tr1.nodes) != len(tr2.nodes) or tr1.kind != tr2.kind
                 or tr1.inputs != tr2.inputs or list(tr1.const) != list(tr2.const)):

@@ -19,7 +19,7 @@ from .device_ops import to_device as _to_device
 from ._backend import array_module
 from .errors import InvalidArgumentError, InvalidArgumentIndexError, InvalidArgumentTypeError
 from .recording import _ACTIVE, _NO_PARAMS, _new, _record2, derived, stop_gradient
-from .symdim import Dim, broadcast_shapes, concrete_shape, shape_value
+from .symdim import Dim, broadcast_shapes, concrete_shape, plain, shape_value
 from .tensor import (_TRACE, Tensor, Variable, VariableSlice, _next_id, _to_array, as_dtype,
                      constant, convert_to_tensor)
 
@@ -353,8 +353,7 @@ def argmin(input, axis: int = 0, output_type="int64") -> Tensor:
 # ---------------------------------------------------------------- shapes
 def reshape(tensor, shape) -> Tensor:
     x = convert_to_tensor(tensor)
-    shape = tuple(d if isinstance(d, Dim) else int(d)
-                  for d in (shape.numpy() if isinstance(shape, Tensor) else shape))
+    shape = _shape_arg(shape)
     known = [d for d in shape if d != -1]
     size = 1
     for d in known:
@@ -400,7 +399,7 @@ def squeeze(input, axis=None) -> Tensor:
 
 def broadcast_to(input, shape) -> Tensor:
     x = convert_to_tensor(input)
-    shape = tuple(int(d) for d in shape)
+    shape = _shape_arg(shape)
     try:
         if broadcast_shapes(x.shape, shape) != shape:
             raise ValueError
@@ -503,10 +502,13 @@ def gather(params, indices, axis: int = 0) -> Tensor:
     if idx.dtype.kind not in "iu":
         raise TypeError(f"gather: indices must be integers, got {idx.dtype}")
     axis = _axes(axis, x.ndim, "gather")[0]
-    n = x.shape[axis]
-    if idx.size and (int(idx._value.min()) < -n or int(idx._value.max()) >= n):
+    n = concrete_shape(x._value)[axis]
+    iv = plain(idx._value)
+    if iv.size and (int(iv.min()) < -n or int(iv.max()) >= n):
         raise InvalidArgumentIndexError(f"gather: indices out of range [0, {n}) for axis "
                                         f"{axis} of shape {x.shape}")
+    if _TRACE and _TRACE[-1].is_traced(idx):  # each call's indices, read by the plan
+        return P.take_p(x, idx, axis=axis)
     return P.getitem_p(x, index=(slice(None),) * axis + (_like(x._value, idx._value),))
 
 
@@ -533,32 +535,79 @@ def cast(x, dtype) -> Tensor:
 
 # ---------------------------------------------------------------- creation
 def _shape_arg(shape) -> tuple:
-    """A shape given as an int (TensorFlow accepts ``tp.zeros(2)``), a sequence or a Tensor."""
+    """A shape given as an int (TensorFlow accepts ``tp.zeros(2)``), a sequence or a Tensor
+    (items may be scalar Tensors: ``[tp.shape(x)[0], 10]``); inside a symbolic trace, sizes
+    computed from a ``None`` dimension are :class:`symdim.Dim` s."""
     if isinstance(shape, Tensor):
-        shape = shape.numpy().tolist()
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    return tuple(int(d) for d in shape)
+        shape = _dim_value(shape)
+    if isinstance(shape, (int, np.integer, Dim)):
+        return (_dim_value(shape),)
+    return tuple(_dim_value(d) for d in shape)
+
+
+def _dim_value(d):
+    """A size (or a list of them, for a vector Tensor): an int, or a Dim inside a symbolic
+    trace (of a Dim, or of a tensor computed from shapes there)."""
+    if isinstance(d, Dim):
+        return d
+    if isinstance(d, Tensor):
+        if _TRACE and _TRACE[-1].dual is not None and _TRACE[-1].is_traced(d):
+            return _TRACE[-1].symbolic_value(d)
+        return d.numpy().tolist() if d.ndim else int(d)
+    return int(d)
+
+
+def symbolic(shape: tuple) -> bool:
+    """Whether a shape holds a :class:`symdim.Dim` (inside a symbolic trace)."""
+    return any(isinstance(d, Dim) for d in shape)
+
+
+def sized(kernel, shape: tuple, **params) -> Tensor:
+    """``kernel(anchor, shape=shape, **params)``, a new array of a shape with ``Dim`` s, as a
+    traced value of a symbolic trace: computed at every size (the ``Dim`` s made sizes), made
+    on every call of the plan."""
+    return derived(kernel, _TRACE[-1].anchor(), shape=shape, **params)
+
+
+def _made(_, shape, dtype, fill):
+    return np.full(shape, fill, dtype=dtype)
 
 
 def zeros(shape, dtype="float32") -> Tensor:
-    arr = np.zeros(_shape_arg(shape), dtype=as_dtype(dtype))
+    shape = _shape_arg(shape)
+    if symbolic(shape):
+        return sized(_made, shape, dtype=as_dtype(dtype), fill=0)
+    arr = np.zeros(shape, dtype=as_dtype(dtype))
     return Tensor(_device.place(arr) if _SCOPES[0] else arr)
 
 
 def ones(shape, dtype="float32") -> Tensor:
-    arr = np.ones(_shape_arg(shape), dtype=as_dtype(dtype))
+    shape = _shape_arg(shape)
+    if symbolic(shape):
+        return sized(_made, shape, dtype=as_dtype(dtype), fill=1)
+    arr = np.ones(shape, dtype=as_dtype(dtype))
     return Tensor(_device.place(arr) if _SCOPES[0] else arr)
 
 
 def zeros_like(input, dtype=None) -> Tensor:
-    v = convert_to_tensor(input)._value
-    return Tensor(array_module(v).zeros(v.shape, dtype=v.dtype if dtype is None else as_dtype(dtype)))
+    return _filled_like(input, dtype, 0)
 
 
 def ones_like(input, dtype=None) -> Tensor:
-    v = convert_to_tensor(input)._value
-    return Tensor(array_module(v).ones(v.shape, dtype=v.dtype if dtype is None else as_dtype(dtype)))
+    return _filled_like(input, dtype, 1)
+
+
+def _filled_like(input, dtype, fill) -> Tensor:
+    t = convert_to_tensor(input)
+    dt = t.dtype if dtype is None else as_dtype(dtype)
+    if _TRACE and _TRACE[-1].dual is not None and symbolic(t.shape):
+        return derived(_full_of, t, dtype=dt, fill=fill)  # (each call's shape)
+    v = t._value
+    return Tensor(array_module(v).full(v.shape, fill, dtype=dt))
+
+
+def _full_of(a, dtype, fill):
+    return array_module(a).full(a.shape, fill, dtype=dtype)
 
 
 def linspace(start, stop, num: int) -> Tensor:

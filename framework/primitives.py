@@ -443,6 +443,36 @@ def _(g, ans, xs, shapes, needs, index, shape):
     return (getitem_p(g, index=index),)
 
 
+@primitive("take")
+def take_p(x, indices, axis):
+    """``x`` at integer ``indices`` along ``axis`` (``tf.gather``), the indices an input: a
+    traced gather reads each call's indices (``getitem``'s are a static parameter)."""
+    return array_module(x).take(x, indices, axis=axis)
+
+
+@take_p.defvjp
+def _(g, ans, xs, shapes, needs, axis):
+    return (take_grad_p(g, xs[1], shape=shapes[0], axis=axis), None)
+
+
+@primitive("take_grad")
+def take_grad_p(g, indices, shape, axis):
+    """Transpose of take: zeros of ``shape`` with ``g`` added at ``indices`` along ``axis``
+    (repeated indices add)."""
+    xp = array_module(g)
+    out = xp.zeros(shape, dtype=g.dtype)
+    xp.add.at(out, (slice(None),) * axis + (indices,), g)
+    return out
+
+
+@take_grad_p.defvjp
+def _(g, ans, xs, shapes, needs, shape, axis):
+    return (take_p(g, xs[1], axis=axis), None)
+
+
+take_p.save_args = take_grad_p.save_args = True
+
+
 @primitive("concat")
 def concat_p(*xs, axis):
     return array_module(xs[0]).concatenate(xs, axis=axis)

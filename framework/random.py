@@ -24,27 +24,43 @@ def generator(seed: int | None = None) -> np.random.Generator:
 
 def uniform(shape, minval=0.0, maxval=1.0, dtype="float32", seed=None) -> Tensor:
     """Uniform draws in ``[minval, maxval)``; inside ``tp.function``, fresh ones every call."""
-    shape, dtype = tuple(shape), as_dtype(dtype)
-    return _drawn(lambda: (place(generator(seed).uniform(minval, maxval, size=shape)
-                                 .astype(dtype)),))
+    return _drawn("uniform", shape, minval, maxval, as_dtype(dtype), seed)
 
 
 def normal(shape, mean=0.0, stddev=1.0, dtype="float32", seed=None) -> Tensor:
     """Normal draws; inside ``tp.function``, fresh ones every call."""
-    shape, dtype = tuple(shape), as_dtype(dtype)
-    return _drawn(lambda: (place(generator(seed).normal(mean, stddev, size=shape)
-                                 .astype(dtype)),))
+    return _drawn("normal", shape, mean, stddev, as_dtype(dtype), seed)
 
 
-def _drawn(draw) -> Tensor:
-    """``draw()``'s array as a Tensor; while ``tp.function`` traces, a value drawn again on
-    every call (as TensorFlow's stateful random ops), and the trace's own draw is undone so
-    the generator advances once per call, as eagerly."""
+def _draw(_anchor=None, *, law, shape, a, b, dtype, seed):
+    arr = getattr(generator(seed), law)(a, b, size=shape).astype(dtype)
+    return place(arr) if _anchor is None else arr
+
+
+def _drawn(law: str, shape, a, b, dtype, seed) -> Tensor:
+    """A draw of ``shape`` as a Tensor; while ``tp.function`` traces, a value drawn again on
+    every call (as TensorFlow's stateful random ops), and the trace's own draws are undone
+    so the generator advances once per call, as eagerly. A shape with a ``None`` dimension
+    of a symbolic trace is drawn in each call's size."""
     if not _TRACE:
-        return Tensor(draw()[0])
+        return Tensor(_draw(law=law, shape=tuple(int(d) for d in shape), a=a, b=b,
+                            dtype=dtype, seed=seed))
+    from . import ops
+    shape = ops._shape_arg(shape)
+    if ops.symbolic(shape):
+        return ops.sized(_traced_draw, shape, law=law, a=a, b=b, dtype=dtype, seed=seed)
+
+    def draw():
+        return (_draw(law=law, shape=shape, a=a, b=b, dtype=dtype, seed=seed),)
     t = Tensor(undone(draw)[0])
     _TRACE[-1].effect(draw, (), (t,))
     return t
+
+
+def _traced_draw(anchor, shape, **params):
+    if _TRACE:
+        return undone(lambda: _draw(anchor, shape=shape, **params))
+    return _draw(anchor, shape=shape, **params)
 
 
 def undone(draw, *args):

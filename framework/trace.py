@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import nest
-from .symdim import SymbolicDimError, at, dims_of, has_dim, plain, sym
+from .symdim import Dim, SymbolicDimError, at, dims_of, has_dim, plain, sym
 from .tensor import _TRACE, Tensor, Variable
 
 __all__ = ["Tracer", "TraceError", "replayed", "replayed_value"]
@@ -52,6 +52,8 @@ class Tracer:
         self.values2: list = []
         self.meta2: list[tuple] = []
         self.symbolic_failed = False
+        self.shape_slots: set[int] = set()  # slots computed from shapes only (tp.shape(x))
+        self._anchor: Tensor | None = None
         self.name = name
         self.nodes: list[tuple] = []
         self.meta: list[tuple] = []         # slot -> (shape, dtype)
@@ -94,6 +96,8 @@ class Tracer:
         shadow size and ``dims`` its symbolic shape."""
         if self.dual is not None:
             t._value = sym(t._value, dims)
+            if self._anchor is None and any(isinstance(d, Dim) for d in dims):
+                self._anchor = t
         slot = self._new(t._value, "input", shadow)
         self.slot_of[t._id] = slot
         self.inputs.append(slot)
@@ -131,6 +135,37 @@ class Tracer:
             _record(prim, args, out, params)
         self._node(prim, fn, args, params, out, v2)
         return out
+
+    def anchor(self) -> Tensor:
+        """An input with a symbolic dimension: what a value made from a shape alone
+        (``tp.zeros((n, 10))``) is computed from, so that it is made on every call."""
+        return self._anchor
+
+    def symbolic_value(self, t: Tensor):
+        """The value of ``t``, an integer tensor computed from shapes only (``tp.shape(x)``,
+        its items, arithmetic on them), as Python ints and :class:`symdim.Dim` s (a list for
+        a vector): how a shape given as a tensor enters a symbolic trace. Refused for a tensor
+        computed from values: its shape-to-be would depend on the data."""
+        slot = self.slot(t)
+        if self.kind[slot] != "const" and slot not in self.shape_slots:
+            raise TraceError(
+                f"{self.name}: a shape given by a tp.Tensor computed from a traced tensor's "
+                "values (not from shapes, as tp.shape(x) is): the result's shape would depend "
+                "on the data, which a tp.function plan cannot replay")
+        v1, v2 = self.values[slot], self.values2[slot]
+        if v1.dtype.kind not in "iu" or v1.ndim > 1:
+            raise TraceError(f"{self.name}: a shape must be an integer scalar or vector, got "
+                             f"{v1.dtype} of rank {v1.ndim}")
+        n1, n2 = self.dual
+        out = []
+        for a, b in zip(v1.reshape(-1).tolist(), v2.reshape(-1).tolist()):
+            got = dims_of((a,), (b,), n1, n2)
+            if got is None:
+                self.symbolic_failed = True
+                raise SymbolicDimError(f"{self.name}: a shape tensor's value is not a multiple "
+                                       "of the batch size")
+            out.append(got[0])
+        return out if v1.ndim else out[0]
 
     def split(self):
         """After a symbolic trace: this tracer becomes the trace at size n1 (every parameter
@@ -195,6 +230,9 @@ class Tracer:
         slot = self._new(out._value, "op", value2)
         self.slot_of[out._id] = slot
         self.nodes.append(("op", prim, fn, ins, params, slot))
+        if self.dual is not None and (getattr(fn, "_tp_shape_only", False) or all(
+                s in self.shape_slots or self.kind[s] == "const" for s in ins)):
+            self.shape_slots.add(slot)
 
     def concrete(self, t: Tensor, what: str) -> None:
         """Refuse to turn a traced tensor into a Python value (control flow on it)."""

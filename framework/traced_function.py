@@ -473,7 +473,7 @@ class Function:
         plan = compile_plan(tracer, slots)
         cf = ConcreteFunction(self.__name__, plan, *cf)
         tracer.release_values()
-        return cf, fit(tracer, n, out_marks, shadow, n2, out_marks, slots)
+        return cf, fit(tracer, n, out_marks, shadow, n2, out_marks, slots, affine=True)
 
     def _trace(self, structure: list, leaves: list, keep: bool = False) -> tuple:
         """Run the Python function under a tracer: ``(ConcreteFunction, record)``, the record

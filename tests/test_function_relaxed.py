@@ -21,6 +21,7 @@ import tapeflow as tp
 from tapeflow import generalize as G
 from tapeflow import keras
 from tapeflow.optimizers import SGD, Adam
+from tapeflow.trace import TraceError
 from tapeflow.traced_function import _MAX_SIZES
 
 SIZES = [32, 32, 10, 7, 32, 19, 5, 3, 2]
@@ -376,3 +377,46 @@ def test_a_shape_mismatch_after_a_state_change_raises_instead_of_retrying():
         g(tp.ones((32, 2)))
     np.testing.assert_array_equal(g(tp.ones((32, 2))).numpy(), np.full((10, 2), 2.0))
     assert float(v) == 4.0
+
+
+_DYNAMIC = {  # TensorFlow's idioms for the batch size inside a None-batch tf.function
+    "reshape(x, [tf.shape(x)[0], -1])": lambda x: tp.reshape(x, [tp.shape(x)[0], -1]),
+    "zeros([tf.shape(x)[0], 3])": lambda x: tp.zeros([tp.shape(x)[0], 3]) + x[:, :3],
+    "zeros((x.shape[0], 3))": lambda x: tp.zeros((x.shape[0], 3)) + x[:, 1:],
+    "ones(tf.shape(x))": lambda x: tp.ones(tp.shape(x)) * x,
+    "fill([n, 2], 2.0)": lambda x: tp.fill([tp.shape(x)[0], 2], 2.0),
+    "broadcast_to(v, tf.shape(x))": lambda x: tp.broadcast_to(tp.constant([1.0, 2, 3, 4]),
+                                                              tp.shape(x)) * x,
+    "zeros_like / ones_like": lambda x: tp.zeros_like(x) + tp.ones_like(x) * x,
+    "n as a float": lambda x: tp.reduce_sum(x) / tp.cast(tp.shape(x)[0] * 2, tp.float32),
+    "pad (n + 2 rows)": lambda x: tp.pad(x, [[1, 1], [0, 0]]) * 2.0,
+    "tile (2n rows)": lambda x: tp.tile(x, [2, 1]),
+    "gather rows": lambda x: tp.gather(x, tp.cast(tp.abs(x[:, 0]) * 0, tp.int32)),
+    "l2_normalize": lambda x: tp.nn.l2_normalize(x, axis=1),
+}
+
+
+@pytest.mark.parametrize("name", list(_DYNAMIC))
+def test_tensorflow_s_dynamic_shape_idioms_trace_once(name):
+    fn = _DYNAMIC[name]
+    f = tp.function(fn, input_signature=[tp.TensorSpec([None, 4])])
+    for n in (5, 8, 3, 11, 2):
+        x = tp.constant(np.random.default_rng(n).normal(size=(n, 4)).astype("f4"))
+        np.testing.assert_array_equal(f(x).numpy(), fn(x).numpy())
+    assert f.experimental_get_tracing_count() == 1
+
+
+def test_random_draws_of_a_none_batch_are_drawn_in_each_call_s_shape():
+    f = tp.function(lambda x: x + tp.random.uniform(tp.shape(x)),
+                    input_signature=[tp.TensorSpec([None, 2])])
+    outs = [f(tp.zeros((n, 2))).numpy() for n in (3, 5, 3, 40)]
+    assert [o.shape for o in outs] == [(3, 2), (5, 2), (3, 2), (40, 2)]
+    assert not np.array_equal(outs[0], outs[2]) and 0.0 <= outs[3].min() < outs[3].max() < 1.0
+    assert f.experimental_get_tracing_count() == 1
+
+
+def test_a_shape_computed_from_values_is_refused_not_frozen():
+    f = tp.function(lambda x: tp.zeros([tp.cast(tp.reduce_max(x), tp.int32), 2]),
+                    input_signature=[tp.TensorSpec([None])])
+    with pytest.raises(TraceError):
+        f(tp.constant([2.0, 3.0]))
