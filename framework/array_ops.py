@@ -23,6 +23,7 @@ from . import devices as _device
 from ._backend import array_module
 from .errors import InvalidArgumentError, InvalidArgumentIndexError
 from .recording import derived
+from .symdim import plain
 from .tensor import _TRACE, Tensor, _to_array, as_dtype, convert_to_tensor
 
 __all__ = [
@@ -233,14 +234,25 @@ def gather_nd(params, indices, batch_dims: int = 0) -> Tensor:
         raise InvalidArgumentError(f"gather_nd: indices must be integers whose last axis "
                                    f"(size {idx.shape[-1] if idx.ndim else '-'}) is at most "
                                    f"the rank {x.ndim} of params; got {idx.dtype} {idx.shape}")
-    raw = idx._value
+    raw = plain(idx._value)
     for k in range(raw.shape[-1]):
         col = raw[..., k]
         if col.size and (int(col.min()) < 0 or int(col.max()) >= x.shape[k]):
             raise InvalidArgumentIndexError(
                 f"gather_nd: indices[..., {k}] has values outside [0, {x.shape[k]}) for "
                 f"params of shape {x.shape}")
-    return P.getitem_p(x, index=tuple(raw[..., k] for k in range(raw.shape[-1])))
+    depth = raw.shape[-1]
+    if _TRACE and _TRACE[-1].is_traced(idx):  # each call's indices: flat rows of x, taken
+        lead = x.shape[:depth]
+        flat = ops.reshape(x, (-1,) + tuple(x.shape[depth:]))
+        return P.take_p(flat, derived(_flat_index, idx, dims=tuple(lead)), axis=0)
+    return P.getitem_p(x, index=tuple(raw[..., k] for k in range(depth)))
+
+
+def _flat_index(idx, dims: tuple):
+    """Row-major flat positions of the index tuples in ``idx``'s last axis."""
+    return array_module(idx).ravel_multi_index(tuple(idx[..., k] for k in range(len(dims))),
+                                               dims)
 
 
 def boolean_mask(tensor, mask, axis: int = 0) -> Tensor:
@@ -290,12 +302,7 @@ def sort(values, axis: int = -1, direction: str = "ASCENDING", name=None) -> Ten
     value came from)."""
     x = convert_to_tensor(values)
     ax = _axis(axis, x, "sort")
-    order = argsort(x, ax, direction)._value
-    xp = array_module(order)
-    index = tuple(order if i == ax else
-                  xp.arange(d).reshape((-1,) + (1,) * (x.ndim - 1 - i))
-                  for i, d in enumerate(x.shape))
-    return P.getitem_p(x, index=index)
+    return P.take_along_p(x, argsort(x, ax, direction), axis=ax)
 
 
 def reverse(tensor, axis) -> Tensor:

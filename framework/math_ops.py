@@ -201,14 +201,6 @@ cumprod = _scan_op(PX.cumprod_p, "cumprod", product=True)
 TopKV2 = namedtuple("TopKV2", ["values", "indices"])
 
 
-def _take_last(x: Tensor, idx: np.ndarray) -> Tensor:
-    """``take_along_axis(x, idx, -1)`` as a differentiable getitem."""
-    xp = array_module(x._value)
-    lead = [xp.arange(d).reshape((-1,) + (1,) * (idx.ndim - 1 - i))
-            for i, d in enumerate(idx.shape[:-1])]
-    return P.getitem_p(x, index=tuple(lead) + (idx,))
-
-
 def top_k(input, k: int = 1, sorted: bool = True) -> TopKV2:
     """The ``k`` largest entries along the last axis and their int32 indices (ties: the lower
     index first, as TensorFlow). Values are differentiable (the gradient goes to the picks)."""
@@ -219,7 +211,7 @@ def top_k(input, k: int = 1, sorted: bool = True) -> TopKV2:
                                    f" for input of shape {x.shape}")
     order = derived(lambda a: (-a if a.dtype.kind != "u" else a.max() - a).argsort(
         axis=-1, kind="stable")[..., :k].astype(np.int32), x)
-    return TopKV2(_take_last(x, order._value), order)
+    return TopKV2(P.take_along_p(x, order, axis=-1), order)
 
 
 # ---------------------------------------------------------------- normalisation

@@ -477,6 +477,9 @@ def _index(item, like=None) -> tuple:
 
 
 def _getitem(self: Tensor, item) -> Tensor:
+    if _TRACE and isinstance(item, Tensor) and item.dtype.kind in "iu" and item.ndim <= 1 \
+            and _TRACE[-1].is_traced(item):
+        return gather(self, item)  # x[i] with a traced i: each call's i (a view would freeze)
     index = _index(item, self._value)
     try:
         self._value[index]

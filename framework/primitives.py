@@ -473,6 +473,36 @@ def _(g, ans, xs, shapes, needs, shape, axis):
 take_p.save_args = take_grad_p.save_args = True
 
 
+@primitive("take_along", save_args=True)
+def take_along_p(x, indices, axis):
+    """``take_along_axis(x, indices, axis)`` (sort, top_k), the indices an input."""
+    return array_module(x).take_along_axis(x, indices, axis=axis)
+
+
+@take_along_p.defvjp
+def _(g, ans, xs, shapes, needs, axis):
+    return (take_along_grad_p(g, xs[1], shape=shapes[0], axis=axis), None)
+
+
+@primitive("take_along_grad", save_args=True)
+def take_along_grad_p(g, indices, shape, axis):
+    """Transpose of take_along: zeros of ``shape`` with ``g`` added where each entry was
+    taken from (repeated indices add)."""
+    xp = array_module(g)
+    out = xp.zeros(shape, dtype=g.dtype)
+    ax = axis % len(shape)
+    index = tuple(indices if i == ax else
+                  xp.arange(d).reshape((-1,) + (1,) * (len(shape) - 1 - i))
+                  for i, d in enumerate(indices.shape))
+    xp.add.at(out, index, g)
+    return out
+
+
+@take_along_grad_p.defvjp
+def _(g, ans, xs, shapes, needs, shape, axis):
+    return (take_along_p(g, xs[1], axis=axis), None)
+
+
 @primitive("concat")
 def concat_p(*xs, axis):
     return array_module(xs[0]).concatenate(xs, axis=axis)

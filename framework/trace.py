@@ -222,7 +222,7 @@ class Tracer:
     def _node(self, prim, fn: Callable, args, params: dict, out: Tensor, value2=None) -> None:
         for v in params.values():
             for leaf in (v if isinstance(v, tuple) else (v,)):
-                if isinstance(leaf, np.ndarray) and id(leaf) in self.arrays:
+                if isinstance(leaf, np.ndarray) and self._traced_array(leaf):
                     raise TraceError(f"{self.name}: {getattr(prim, 'name', fn.__name__)} takes "
                                      "a traced tensor as a static parameter (an index array); "
                                      "tp.function cannot replay it")
@@ -233,6 +233,14 @@ class Tracer:
         if self.dual is not None and (getattr(fn, "_tp_shape_only", False) or all(
                 s in self.shape_slots or self.kind[s] == "const" for s in ins)):
             self.shape_slots.add(slot)
+
+    def _traced_array(self, a: np.ndarray) -> bool:
+        """Whether ``a`` is a traced value's array or a view of one (its ``base`` chain)."""
+        while a is not None:
+            if id(a) in self.arrays:
+                return True
+            a = a.base if isinstance(a.base, np.ndarray) else None
+        return False
 
     def concrete(self, t: Tensor, what: str) -> None:
         """Refuse to turn a traced tensor into a Python value (control flow on it)."""

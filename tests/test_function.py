@@ -319,9 +319,30 @@ def test_outer_tape_differentiates_through_a_traced_call():
 
 
 def test_traced_index_arrays_in_static_parameters_are_refused():
-    f = tp.function(lambda x: tp.sort(x))  # (its argsort indices would be frozen)
+    f = tp.function(lambda x, i: x[i, 0])  # (a view of i's array would be frozen)
     with pytest.raises(TraceError, match="static parameter"):
-        f(tp.constant([1.0, 3.0, 2.0]))
+        f(tp.constant([[1.0], [3.0], [2.0]]), tp.constant([2, 0]))
+
+
+_INDEXED = {  # ops whose indices come from a traced tensor: each call's own
+    "gather_nd": lambda x, i: tp.gather_nd(x, tp.stack([i, i], axis=1)),
+    "x[i]": lambda x, i: x[i] * 2.0,
+    "x[i] scalar": lambda x, i: x[i[0]],
+    "sort": lambda x, i: tp.sort(x * tp.cast(i[0] - 1, tp.float32), axis=0),
+    "top_k": lambda x, i: tp.math.top_k(x + tp.cast(i[:1], tp.float32), 2).values,
+    "argsort": lambda x, i: tp.argsort(x[:, 0] * tp.cast(i[1] - 1, tp.float32)),
+}
+
+
+@pytest.mark.parametrize("name", list(_INDEXED))
+def test_indices_from_traced_tensors_are_read_on_every_call(name):
+    fn = _INDEXED[name]
+    f = tp.function(fn)
+    x = tp.constant(np.arange(9, dtype="f4").reshape(3, 3) % 4)
+    for i in ([0, 2, 1], [2, 0, 0], [1, 1, 2]):
+        np.testing.assert_array_equal(f(x, tp.constant(i)).numpy(),
+                                      fn(x, tp.constant(i)).numpy())
+    assert f.experimental_get_tracing_count() == 1
 
 
 def test_gather_reads_each_call_s_indices_and_differentiates_like_eager():
