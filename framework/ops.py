@@ -494,7 +494,7 @@ def _variable_getitem(self: Variable, item) -> VariableSlice:
     out = _getitem(self, item)
     view = VariableSlice.__new__(VariableSlice)
     view._value, view._id = out._value, out._id  # the same tensor to every tape
-    view._var, view._index = self, _index(item, self._value)
+    view._var, view._index, view._item = self, _index(item, self._value), item
     return view
 
 

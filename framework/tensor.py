@@ -345,10 +345,12 @@ class VariableSlice(Tensor):
     Assignments are not recorded (as in TensorFlow) and rebind the variable's buffer, so values
     a tape saved earlier keep what they were."""
 
-    __slots__ = ("_var", "_index")
+    __slots__ = ("_var", "_index", "_item")
 
     def _update(self, value, how: str) -> "Variable":
         v = self._var
+        if _TRACE:
+            return self._traced_update(value, how)
         arr = _to_array(value, v._value.dtype)
         if type(arr) is not type(v._value) or _other_device(arr, v._value):
             arr = _on_device_of(v, arr, how)
@@ -366,6 +368,27 @@ class VariableSlice(Tensor):
         v._value = new
         return v
 
+    def _traced_update(self, value, how: str) -> "Variable":
+        """Inside ``tp.function``: the updated whole value, computed by a recorded kernel
+        from the variable, the value and the index's tensors (each call's own), then assigned
+        as a recorded ``assign`` -- not an update made once, at trace time."""
+        from .recording import derived
+        v = self._var
+        val = value if isinstance(value, Tensor) else Tensor(_to_array(value, v._value.dtype))
+        if val.dtype != v.dtype:
+            raise TypeError(f"Variable {v.name!r}[...].{how}: value of dtype {val.dtype} for a "
+                            f"variable of dtype {v.dtype}; cast it with tp.cast")
+        items = self._item if isinstance(self._item, tuple) else (self._item,)
+        tensors = [i for i in items if isinstance(i, Tensor)]
+        parts = tuple(_SLOT if isinstance(i, Tensor) else
+                      (np.asarray(i) if isinstance(i, list) else i) for i in items)
+        try:
+            new = derived(_slice_update, v, val, *tensors, how=how, parts=parts)
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"Variable {v.name!r}[...].{how}: value of shape {val.shape} does "
+                             f"not fit the slice of shape {self.shape}: {e}") from None
+        return v.assign(new)
+
     def assign(self, value) -> "Variable":
         return self._update(value, "assign")
 
@@ -374,6 +397,23 @@ class VariableSlice(Tensor):
 
     def assign_sub(self, delta) -> "Variable":
         return self._update(delta, "assign_sub")
+
+
+_SLOT = object()  # a tensor's place in a traced slice assignment's index
+
+
+def _slice_update(var, val, *index_arrays, how: str, parts: tuple):
+    """``var`` with ``var[index] = val`` (or ``+=``, ``-=``) applied to a copy."""
+    arrays = iter(index_arrays)
+    index = tuple(next(arrays) if p is _SLOT else p for p in parts)
+    new = var.copy()
+    if how == "assign":
+        new[index] = val
+    elif how == "assign_add":
+        new[index] += val
+    else:
+        new[index] -= val
+    return new
 
 
 def _array(value):

@@ -127,7 +127,8 @@ class ConcreteFunction:
 
     @property
     def structured_input_signature(self) -> list:
-        return list(self.arg_specs)
+        """The argument specs (a ``None`` dimension as given to ``get_concrete_function``)."""
+        return list(self._relaxed[0] if self._relaxed is not None else self.arg_specs)
 
     def _call_arrays(self, arrays: list):
         if self._steady is not None:  # a plan made from a generalized trace: its first run
@@ -327,7 +328,12 @@ class Function:
         if any(isinstance(v, TensorSpec) and v.shape is None for v in leaves):
             return _AnyShape(self, [v for v in leaves if isinstance(v, TensorSpec)])
         concrete = [_placeholder(v) if isinstance(v, TensorSpec) else v for v in leaves]
-        cf = self._concrete(structure, concrete)
+        dims = frozenset((i, d) for i, v in enumerate(
+            v for v in leaves if isinstance(v, (Tensor, np.ndarray, TensorSpec))
+            and not isinstance(v, Variable))
+            for d, size in enumerate(getattr(v, "shape", None) or ())
+            if isinstance(v, TensorSpec) and size is None)
+        cf = self._concrete(structure, concrete, dims or None)
         relaxed = [v for v in leaves if isinstance(v, TensorSpec) and None in (v.shape or ())]
         if relaxed:  # TensorFlow's concrete function of a None dimension takes any size
             cf._relaxed = ([v if isinstance(v, TensorSpec) else TensorSpec.from_tensor(v)
@@ -335,12 +341,15 @@ class Function:
                             and not isinstance(v, Variable)], self.__call__)
         return cf
 
-    def _concrete(self, structure: list, leaves: list) -> ConcreteFunction:
-        """The trace for this call: cached, made from a generalized trace, or traced."""
+    def _concrete(self, structure: list, leaves: list,
+                  dims: frozenset | None = None) -> ConcreteFunction:
+        """The trace for this call: cached, made from a generalized trace, or traced
+        (``dims``: ``None`` dimensions of ``get_concrete_function``'s specs)."""
         key = (_structure_key(structure), tuple(_leaf_key(v) for v in leaves))
         cf = self._cache.get(key)
         if cf is None:
-            cf = self._generalized(key, structure, leaves) or self._trace(structure, leaves)[0]
+            cf = self._generalized(key, structure, leaves, dims) or \
+                self._trace(structure, leaves)[0]
             self._cache[key] = cf
         return cf
 
@@ -352,7 +361,8 @@ class Function:
         return frozenset((i, d) for i, spec in enumerate(nest.flatten(self.input_signature))
                          for d, size in enumerate(spec.shape or ()) if size is None)
 
-    def _generalized(self, key: tuple, structure: list, leaves: list):
+    def _generalized(self, key: tuple, structure: list, leaves: list,
+                     dims: frozenset | None = None):
         """A trace for a call that differs from an earlier one only in relaxed dimensions (an
         input_signature's ``None``; with ``reduce_retracing``, whichever changed), all of one
         size ``n``: an input_signature's first call is traced symbolically, once for every
@@ -360,9 +370,12 @@ class Function:
         traces, the second traces too and the two traces are generalized over ``n``
         (:func:`generalize.fit`). Every later size is made from that without running the
         Python function. None where this does not apply: the caller traces (the traces did
-        not fit, sizes 0 and 1, dimensions of different sizes)."""
-        dims = self._relaxed_dims()
-        if not dims and not self.reduce_retracing:
+        not fit, sizes 0 and 1, dimensions of different sizes). ``dims``: the ``None``
+        dimensions of ``get_concrete_function``'s specs (a function without an
+        input_signature: calls that fit them join that family)."""
+        explicit = dims is not None
+        dims = dims or self._relaxed_dims()
+        if not dims and not self.reduce_retracing and not self._families:
             return None
         shapes, fkey = [], []
         for v, k in zip(leaves, key[1]):
@@ -372,6 +385,10 @@ class Function:
             fkey.append(k)
         fkey = (key[0], tuple(fkey))
         fam = self._families.get(fkey)
+        if fam is None and not dims and not self.reduce_retracing:
+            return None  # (no family of get_concrete_function's for this call)
+        if fam is not None and not dims:
+            dims = fam.dims
         if fam is not None and not fam.exact and fam.template is None:
             n1, shapes1 = fam.first[0], fam.first[1]
             changed = frozenset((i, d) for i, (a, b) in enumerate(zip(shapes1, shapes))
@@ -386,7 +403,7 @@ class Function:
             n = _common(shapes, dims) if dims else None
             if dims and (n is None or n < 2):
                 return None
-            if self.input_signature is not None and dims:
+            if (self.input_signature is not None or explicit) and dims:
                 got = self._trace_symbolic(structure, leaves, dims, n)
                 if got is not None:  # traced once, for every size (as TensorFlow)
                     cf, template = got

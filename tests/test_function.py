@@ -867,3 +867,24 @@ def test_random_ops_draw_on_every_call_of_a_traced_function():
     eager = [(tp.random.uniform((3,)) + tp.random.normal((3,))).numpy() for _ in range(2)]
     np.testing.assert_array_equal(a, eager[0])
     np.testing.assert_array_equal(b, eager[1])
+
+
+def test_sliced_variable_assignments_are_replayed_on_every_call():
+    # v[i].assign(x) inside tf.function updates on every call, with that call's i and x; it
+    # was run once, at trace time, and never replayed.
+    v = tp.Variable(np.zeros(4, "f4"))
+    put = tp.function(lambda i, x: v[i].assign(x))
+    put(tp.constant(1), tp.constant(5.0))
+    put(tp.constant(3), tp.constant(7.0))
+    np.testing.assert_array_equal(v.numpy(), [0, 5, 0, 7])
+    bump = tp.function(lambda i: v[i].assign_add(1.0))
+    bump(tp.constant([0, 2]))
+    bump(tp.constant([1, 3]))
+    np.testing.assert_array_equal(v.numpy(), [1, 6, 1, 8])
+    drop = tp.function(lambda x: v[1:3].assign_sub(x))
+    for d in ([1.0, 1.0], [2.0, 2.0]):
+        drop(tp.constant(d))
+    np.testing.assert_array_equal(v.numpy(), [1, 3, -2, 8])
+    assert put.experimental_get_tracing_count() == bump.experimental_get_tracing_count() == 1
+    with pytest.raises(ValueError, match=r"does not fit the slice"):
+        tp.function(lambda: v[1:3].assign(tp.ones((3,))))()

@@ -286,6 +286,11 @@ def test_a_concrete_function_of_a_none_dimension_takes_any_size():
         np.testing.assert_allclose(cf(tp.constant(a)).numpy(), a * 2 + a.mean(), rtol=1e-6)
     with pytest.raises(TypeError, match="traced for"):
         cf(tp.ones((2, 2)))
+    # traced once, symbolically (TF: one concrete function for TensorSpec([None])); its
+    # signature keeps the None, and direct calls of that rank and dtype reuse it
+    assert [str(s.shape) for s in cf.structured_input_signature] == ["(None,)"]
+    np.testing.assert_allclose(f(tp.constant([1.0, 3.0, 5.0])).numpy(), [5.0, 9.0, 13.0])
+    assert f.experimental_get_tracing_count() == 1
 
 
 def test_size_one_and_mixed_sizes_are_traced_exactly():
