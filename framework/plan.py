@@ -32,6 +32,7 @@ from . import conv as CV
 from . import nest
 from . import primitives as P
 from . import primitives_ext as PX
+from .errors import InvalidArgumentError
 from .symdim import shape_value, shape_value_into
 from .tensor import Tensor
 
@@ -57,6 +58,15 @@ OUT_KERNELS: dict[Callable, Callable] = {
 }
 
 
+def _check_labels(labels: np.ndarray, ncls: int) -> None:
+    """Every replay checks its labels, as the eager op does: an out-of-range label would pick
+    another row's logit. (Seen as unsigned, a negative label is huge: one pass.)"""
+    if labels.size and labels.view(f"u{labels.itemsize}").max() >= ncls:
+        raise InvalidArgumentError(
+            f"sparse_softmax_cross_entropy_with_logits: labels must lie in [0, {ncls}), got "
+            f"values from {int(labels.min())} to {int(labels.max())}")
+
+
 def _xent_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
                  shared: dict) -> Callable:
     """Sparse softmax cross-entropy forward into ``out=``, with its temporaries made once;
@@ -72,14 +82,17 @@ def _xent_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
     zflat, picked_v = z.reshape(-1), picked.reshape(shape[:-1])
     shared[("softmax",) + ins] = (e, s.reshape(shape[:-1] + (1,)), idx)
 
+    ncls = shape[-1]
+
     def kernel(lv, labels, out):
+        _check_labels(labels, ncls)
         np.maximum.reduce(lv, axis=-1, keepdims=True, out=m)
         np.subtract(lv, m, out=z)
         np.exp(z, out=e)
         np.add.reduce(e, axis=-1, out=s)
         np.log(s, out=out)
         np.add(base, labels.reshape(-1), out=idx)
-        np.take(zflat, idx, out=picked, mode="clip")  # (valid indices; "raise" buffers)
+        np.take(zflat, idx, out=picked, mode="clip")  # (checked indices; "raise" buffers)
         np.subtract(out, picked_v, out=out)
     return kernel
 
@@ -99,6 +112,7 @@ def _softmax_grad_kernel(metas: list, out_meta: tuple, params: dict, ins: tuple,
 
     def kernel(lv, labels, out):
         if fwd is None:
+            _check_labels(labels, shape[-1])
             np.maximum.reduce(lv, axis=-1, keepdims=True, out=m)
             np.subtract(lv, m, out=out)
             np.exp(out, out=out)

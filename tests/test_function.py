@@ -888,3 +888,23 @@ def test_sliced_variable_assignments_are_replayed_on_every_call():
     assert put.experimental_get_tracing_count() == bump.experimental_get_tracing_count() == 1
     with pytest.raises(ValueError, match=r"does not fit the slice"):
         tp.function(lambda: v[1:3].assign(tp.ones((3,))))()
+
+
+def test_a_replay_checks_its_labels_as_the_eager_op_does():
+    # The fused cross-entropy kernel picked another row's logit for a label out of range
+    # (the loss of [0, 4] with 4 classes came back as that of [0, 3]).
+    w = tp.Variable(np.ones((3, 4), "f4"))
+
+    @tp.function
+    def step(x, y):
+        with tp.GradientTape() as tape:
+            loss = tp.reduce_mean(tp.nn.sparse_softmax_cross_entropy_with_logits(y, x @ w))
+        return loss, tape.gradient(loss, w)
+
+    x = tp.ones((2, 3))
+    assert float(step(x, tp.constant([0, 3]))[0]) == pytest.approx(np.log(4.0))
+    for bad in ([0, 4], [-1, 2]):
+        with pytest.raises(tp.errors.InvalidArgumentError, match=r"labels must lie in \[0, 4\)"):
+            step(x, tp.constant(bad))
+        with pytest.raises(tp.errors.InvalidArgumentError):
+            tp.nn.sparse_softmax_cross_entropy_with_logits(tp.constant(bad), x @ w)
