@@ -230,7 +230,10 @@ class Tensor:
         return format(self._value.item(), spec)
 
     def __repr__(self) -> str:
-        if getattr(self._value, "_dims", None) is not None:  # traced with a None dimension
+        # Inside tp.function a traced tensor prints as TensorFlow's graph tensors do, without
+        # a value (the trace's values are one call's, not what later calls compute).
+        if getattr(self._value, "_dims", None) is not None or (
+                _TRACE and type(self) is not Variable and _TRACE[-1].is_traced(self)):
             return f'Tensor("{_TRACE[-1].name if _TRACE else "traced"}", shape={self.shape}, ' \
                    f'dtype={self.dtype})'
         return f"tp.Tensor({_format(self._value)}, shape={self.shape}, dtype={self.dtype})"

@@ -56,6 +56,10 @@ def test_tensorflow_s_collatz_example_traces_once():
         return tp.where(x % 2 == 0, x // 2, 3 * x + 1)
 
     np.testing.assert_array_equal(next_collatz(tp.constant([1, 2])).numpy(), [4, 1])
+    plain = tp.function(lambda x: printed.append(f"{x}, {x * 2}") or x)  # (no None)
+    plain(tp.constant([1, 2]))
+    assert printed.pop() == ('Tensor("<lambda>", shape=(2,), dtype=int32), '
+                             'Tensor("<lambda>", shape=(2,), dtype=int32)')
     np.testing.assert_array_equal(next_collatz(tp.constant([1, 2, 3, 4, 5])).numpy(),
                                   [4, 1, 10, 2, 16])
     assert printed == ['Tracing with Tensor("next_collatz", shape=(None,), dtype=int32)']
