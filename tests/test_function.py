@@ -908,3 +908,14 @@ def test_a_replay_checks_its_labels_as_the_eager_op_does():
             step(x, tp.constant(bad))
         with pytest.raises(tp.errors.InvalidArgumentError):
             tp.nn.sparse_softmax_cross_entropy_with_logits(tp.constant(bad), x @ w)
+
+
+def test_nn_accuracy_inside_a_trace_is_each_call_s():
+    # tp.nn.accuracy returns a float eagerly; traced, that float was the trace's, returned by
+    # every replay. It is now a float64 scalar tensor computed on each call.
+    f = tp.function(lambda logits, y: tp.nn.accuracy(y, logits))
+    logits = tp.constant([[1.0, 0.0], [0.0, 1.0]])
+    assert [float(f(logits, tp.constant(y))) for y in ([0, 1], [1, 1], [1, 0])] == [1.0, 0.5, 0.0]
+    g = tp.function(lambda logits, y: tp.keras.metrics.sparse_categorical_accuracy(y, logits))
+    np.testing.assert_array_equal(g(logits, tp.constant([1, 1])).numpy(), [0.0, 1.0])
+    np.testing.assert_array_equal(g(logits, tp.constant([0, 1])).numpy(), [1.0, 1.0])

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..recording import derived
 from ..tensor import Tensor, constant, convert_to_tensor
 from ..trace import replayed, replayed_value
 
@@ -29,32 +30,46 @@ def _host(x: Any) -> np.ndarray:
 
 def sparse_categorical_accuracy(y_true: Any, y_pred: Any) -> Tensor:
     """Per example: 1.0 where ``argmax(y_pred)`` equals the integer label, else 0.0."""
-    pred = _host(y_pred)
-    labels = _host(y_true)
-    if labels.ndim == pred.ndim and labels.shape[-1] == 1:
-        labels = labels[..., 0]
-    if labels.shape != pred.shape[:-1]:
+    pred, labels = convert_to_tensor(y_pred), convert_to_tensor(y_true)
+    lshape = tuple(labels.shape)
+    if len(lshape) == pred.ndim and lshape and lshape[-1] == 1:
+        lshape = lshape[:-1]
+    if lshape != tuple(pred.shape[:-1]):
         raise ValueError(f"sparse_categorical_accuracy: y_true of shape {labels.shape} does not "
                          f"fit y_pred of shape {pred.shape}")
-    return constant((pred.argmax(-1) == labels.astype(np.int64)).astype(np.float32))
+    return derived(_sparse_hits, pred, labels)  # (computed per call inside tp.function)
+
+
+def _sparse_hits(pred, labels):
+    if labels.ndim == pred.ndim and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    return (pred.argmax(-1) == labels.astype(np.int64)).astype(np.float32)
 
 
 def categorical_accuracy(y_true: Any, y_pred: Any) -> Tensor:
     """Per example: 1.0 where ``argmax(y_pred) == argmax(y_true)`` (one-hot targets)."""
-    pred, true = _host(y_pred), _host(y_true)
-    if pred.shape != true.shape:
+    pred, true = convert_to_tensor(y_pred), convert_to_tensor(y_true)
+    if tuple(pred.shape) != tuple(true.shape):
         raise ValueError(f"categorical_accuracy: y_true of shape {true.shape} must match y_pred "
                          f"of shape {pred.shape}")
-    return constant((pred.argmax(-1) == true.argmax(-1)).astype(np.float32))
+    return derived(_categorical_hits, pred, true)
+
+
+def _categorical_hits(pred, true):
+    return (pred.argmax(-1) == true.argmax(-1)).astype(np.float32)
 
 
 def binary_accuracy(y_true: Any, y_pred: Any, threshold: float = 0.5) -> Tensor:
     """Per example: the fraction over the last axis of ``(y_pred > threshold) == y_true``."""
-    pred, true = _host(y_pred), _host(y_true)
+    return derived(_binary_hits, convert_to_tensor(y_pred), convert_to_tensor(y_true),
+                   threshold=threshold)
+
+
+def _binary_hits(pred, true, threshold):
     if true.ndim == pred.ndim - 1 and pred.shape[-1] == 1:
         true = true[..., None]
     hit = ((pred > threshold) == (true > 0.5)).astype(np.float32)
-    return constant(hit.mean(axis=-1))
+    return hit.mean(axis=-1)
 
 
 class Metric(ABC):

@@ -20,7 +20,8 @@ import numpy as np
 
 from .. import ops
 from .._backend import array_module
-from ..tensor import Tensor, convert_to_tensor
+from ..recording import derived
+from ..tensor import _TRACE, Tensor, convert_to_tensor
 from . import functional as F
 
 __all__ = ["sparse_categorical_crossentropy", "mean_squared_error", "accuracy"]
@@ -104,9 +105,18 @@ def accuracy(labels: Any, logits: Any) -> float:
     ``labels`` are class indices (shape ``logits.shape[:-1]``, or with a trailing 1) or
     one-hot/probability rows of ``logits``'s shape.
     """
+    if _TRACE and any(isinstance(t, Tensor) and _TRACE[-1].is_traced(t)
+                      for t in (labels, logits)):
+        # Inside tp.function: each call's accuracy, as a float64 scalar Tensor (a float read
+        # here would be the trace's, frozen into every replay).
+        return derived(_accuracy_of, convert_to_tensor(logits), convert_to_tensor(labels))
     scores = logits._value if isinstance(logits, Tensor) else np.asarray(logits)
-    xp = array_module(scores)
     lab = labels._value if isinstance(labels, Tensor) else labels
+    return float(_accuracy_of(scores, lab))
+
+
+def _accuracy_of(scores, lab):
+    xp = array_module(scores)
     lab = xp.asarray(lab)
     if scores.ndim < 1:
         raise ValueError(f"accuracy: logits need a class axis, got shape {scores.shape}")
@@ -119,4 +129,4 @@ def accuracy(labels: Any, logits: Any) -> float:
                          f"{scores.shape}; expected {scores.shape[:-1]} or {scores.shape}")
     if lab.size == 0:
         raise ValueError("accuracy: empty batch")
-    return float((scores.argmax(axis=-1) == lab).mean())
+    return xp.asarray((scores.argmax(axis=-1) == lab).mean(), dtype=np.float64)
