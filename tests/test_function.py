@@ -919,3 +919,47 @@ def test_nn_accuracy_inside_a_trace_is_each_call_s():
     g = tp.function(lambda logits, y: tp.keras.metrics.sparse_categorical_accuracy(y, logits))
     np.testing.assert_array_equal(g(logits, tp.constant([1, 1])).numpy(), [0.0, 1.0])
     np.testing.assert_array_equal(g(logits, tp.constant([0, 1])).numpy(), [1.0, 1.0])
+
+
+def test_cond_runs_one_branch_eagerly_and_selects_inside_a_trace():
+    ran = []
+
+    def branches(x):
+        return (lambda: ran.append("t") or x * 2.0, lambda: ran.append("f") or x - 1.0)
+
+    x = tp.constant([1.0, 2.0])
+    np.testing.assert_array_equal(tp.cond(tp.reduce_sum(x) > 0, *branches(x)).numpy(), [2, 4])
+    assert ran == ["t"]  # eagerly only the chosen branch runs (TensorFlow)
+    w = tp.Variable([1.0, 2.0])
+
+    @tp.function
+    def step(x):
+        with tp.GradientTape() as tape:
+            y = tp.cond(x > 0, lambda: tp.reduce_sum(w * x), lambda: tp.reduce_sum(w * w))
+        return y, tape.gradient(y, w)
+
+    for x, want_y, want_g in ((3.0, 9.0, [3, 3]), (-3.0, 5.0, [2, 4]), (1.0, 3.0, [1, 1])):
+        y, g = step(tp.constant(x))
+        assert float(y) == want_y
+        np.testing.assert_array_equal(g.numpy(), want_g)
+    assert step.experimental_get_tracing_count() == 1
+    with pytest.raises(TypeError, match="scalar bool"):
+        tp.cond(tp.constant([True, False]), lambda: 1, lambda: 2)
+
+
+def test_cond_refuses_what_a_static_plan_cannot_select():
+    v = tp.Variable(1.0)
+    with pytest.raises(TraceError, match=r"true_fn changes state \(assign_add"):
+        tp.function(lambda x: tp.cond(x > 0, lambda: v.assign_add(1.0), lambda: v))(
+            tp.constant(1.0))
+    with pytest.raises(TraceError, match="different structures"):
+        tp.function(lambda x: tp.cond(x > 0, lambda: (x, x), lambda: x))(tp.constant(1.0))
+    with pytest.raises(TraceError, match="different dtypes or shapes"):
+        tp.function(lambda x: tp.cond(x > 0, lambda: tp.ones((2,)), lambda: tp.ones((3,))))(
+            tp.constant(1.0))
+    assert float(v) == 1.0
+    # a predicate known at trace time (a constant) chooses its branch while tracing
+    f = tp.function(lambda x: tp.cond(tp.constant(True), lambda: v.assign_add(x), lambda: v))
+    f(tp.constant(2.0))
+    f(tp.constant(2.0))
+    assert float(v) == 5.0
