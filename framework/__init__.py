@@ -18,7 +18,7 @@ from . import config  # noqa: E402
 from .array_ops import *  # noqa: F401,F403
 from .array_ops import __all__ as _array_ops_all
 from .clip_ops import clip_by_global_norm, clip_by_norm
-from .control_flow import cond
+from .control_flow import cond, numpy_function, py_function
 from .custom import custom_gradient
 from .devices import DeviceSpec, device
 from .device_ops import to_device
@@ -52,7 +52,7 @@ __all__ = sorted(set(_ops_all) | set(_array_ops_all) | set(_math_ops_all) | {
     "clip_by_norm", "clip_by_global_norm", "Tensor", "TensorShape", "Variable", "constant",
     "convert_to_tensor", "as_dtype",
     "GradientTape", "UnconnectedGradients", "custom_gradient", "stop_gradient", "PRIMITIVES",
-    "cond",
+    "cond", "py_function", "numpy_function",
     "device", "DeviceSpec", "to_device",
     "data", "nn", "random", "testing", "errors", "math", "linalg", "keras", "checkpoint",
     "train", "config",

@@ -1,4 +1,5 @@
-"""``tp.cond`` (``tf.cond``): a branch chosen by a boolean tensor.
+"""``tp.cond`` (``tf.cond``): a branch chosen by a boolean tensor; ``tp.py_function``
+(``tf.py_function``, ``tf.numpy_function``): Python run on every call of a traced function.
 
 Eagerly, and inside ``tp.function`` when the predicate is not traced (a constant, a Python
 bool), only the chosen branch runs, as in TensorFlow. When the predicate is a traced tensor
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 from . import nest, ops
-from .tensor import _TRACE, Tensor, convert_to_tensor
+from .tensor import _TRACE, Tensor, as_dtype, convert_to_tensor, to_numpy
 from .trace import TraceError
 
-__all__ = ["cond"]
+__all__ = ["cond", "py_function", "numpy_function"]
 
 
 def cond(pred, true_fn: Callable[[], Any] | None = None,
@@ -94,3 +97,61 @@ def _layout(s: Any) -> Any:
 def _describe(out: Any) -> str:
     return repr(type(out).__name__) if not isinstance(out, (list, tuple, dict)) else \
         f"{type(out).__name__} of {len(nest.flatten(out))}"
+
+
+def py_function(func: Callable, inp: list, Tout, name: str | None = None) -> Any:
+    """``func(*inp)`` as an op (``tf.py_function``): eagerly a call; inside ``tp.function``
+    run on every call with that call's tensors (the body of ``func`` is plain Python, not
+    traced). ``Tout``: the output dtype, or a list of them (the result is then a list). A
+    traced call also runs ``func`` once while tracing, on the trace's inputs, to learn its
+    outputs' shapes, which must stay the same on every call. Not differentiable."""
+    return _host_function(func, inp, Tout, name, tensors=True)
+
+
+def numpy_function(func: Callable, inp: list, Tout, stateful: bool = True,
+                   name: str | None = None) -> Any:
+    """``tf.numpy_function``: :func:`py_function` with NumPy arrays in and out of ``func``."""
+    del stateful
+    return _host_function(func, inp, Tout, name, tensors=False)
+
+
+def _host_function(func: Callable, inp: list, Tout, name, tensors: bool) -> Any:
+    del name
+    single = not isinstance(Tout, (list, tuple))
+    dtypes = [as_dtype(t) for t in ([Tout] if single else Tout)]
+    args = [convert_to_tensor(a) for a in inp]
+
+    def run(*arrays):
+        got = func(*[Tensor(a) if tensors else to_numpy(a) for a in arrays])
+        got = [got] if single or not isinstance(got, (list, tuple)) else list(got)
+        if len(got) != len(dtypes):
+            raise ValueError(f"py_function: {getattr(func, '__name__', 'func')} returned "
+                             f"{len(got)} values for Tout of {len(dtypes)}")
+        return tuple(np.asarray(g._value if isinstance(g, Tensor) else g, dtype=d)
+                     for g, d in zip(got, dtypes))
+
+    tracer = _TRACE[-1] if _TRACE else None
+    if tracer is None:
+        outs = [Tensor(a) for a in run(*[a._value for a in args])]
+        return outs[0] if single else outs
+    shapes = [a.shape for a in args]
+    if any(ops.symbolic(s) for s in shapes):
+        tracer.symbolic_failed = True  # (its outputs' shapes are not known symbolically)
+        raise TraceError(f"{tracer.name}: py_function of a None dimension is traced per size")
+    _TRACE.pop()  # (func's body is Python, run eagerly: not recorded in the trace)
+    try:
+        first = run(*[a._value for a in args])
+    finally:
+        _TRACE.append(tracer)
+    outs = [Tensor(a) for a in first]
+    expected = [(a.shape, a.dtype) for a in first]
+
+    def kernel(*arrays):
+        got = run(*arrays)
+        for g, (shape, dtype) in zip(got, expected):
+            if g.shape != shape:
+                raise ValueError(f"py_function: {getattr(func, '__name__', 'func')} returned "
+                                 f"shape {g.shape} where its traced call returned {shape}")
+        return got
+    tracer.effect(kernel, tuple(args), tuple(outs))
+    return outs[0] if single else outs

@@ -963,3 +963,28 @@ def test_cond_refuses_what_a_static_plan_cannot_select():
     f(tp.constant(2.0))
     f(tp.constant(2.0))
     assert float(v) == 5.0
+
+
+def test_py_function_runs_python_on_every_call_of_a_trace():
+    calls = []
+
+    def noisy(x):
+        calls.append(float(x.numpy().sum()))
+        return x * 10.0
+
+    np.testing.assert_array_equal(tp.py_function(noisy, [tp.constant([1.0, 2.0])],
+                                                 tp.float32).numpy(), [10, 20])
+    f = tp.function(lambda x: tp.py_function(noisy, [x * 2.0], tp.float32) + 1.0)
+    np.testing.assert_array_equal(f(tp.constant([1.0, 2.0])).numpy(), [21, 41])
+    np.testing.assert_array_equal(f(tp.constant([3.0, 4.0])).numpy(), [61, 81])
+    assert calls == [3.0, 6.0, 6.0, 14.0]  # eager; the trace's own run; then each call
+    g = tp.function(lambda x: tp.numpy_function(lambda a: [np.sort(a), a.argmax()], [x],
+                                                [tp.float32, tp.int64]))
+    for x in ([3.0, 1.0, 2.0], [9.0, 7.0, 8.0]):
+        s, i = g(tp.constant(x))
+        np.testing.assert_array_equal(s.numpy(), np.sort(x))
+        assert int(i) == int(np.argmax(x))
+    bad = tp.function(lambda x: tp.numpy_function(lambda a: a[a > 1], [x], tp.float32))
+    bad(tp.constant([3.0, 1.0]))
+    with pytest.raises(ValueError, match="returned shape"):
+        bad(tp.constant([3.0, 2.0]))
