@@ -241,8 +241,12 @@ def test_pool_flatten_reshape_forward():
     assert nn.Flatten()(tp.constant(x)).shape == (2, 108)
     assert nn.Flatten()(x).shape == (2, 108)
     assert nn.Reshape((9, 12))(x).shape == (2, 9, 12)
-    with pytest.raises(ValueError, match="cannot become"):
-        nn.Reshape((5, 5))(x)
+    # Keras: one entry of target_shape may be -1, inferred from the rest
+    assert nn.Reshape((-1,))(x).shape == (2, 108)
+    np.testing.assert_array_equal(np.asarray(nn.Reshape((9, -1))(x)), x.reshape(2, 9, 12))
+    for bad in ((5, 5), (5, -1), (-1, -1)):
+        with pytest.raises(ValueError, match="cannot become"):
+            nn.Reshape(bad)(x)
 
 
 # ------------------------------------------------------------------------------------------

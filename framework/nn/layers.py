@@ -289,10 +289,15 @@ class Reshape(Module):
 
     def call(self, x: Any, training: bool = False) -> Any:
         shape = x.shape if hasattr(x, "shape") else np.shape(x)
-        if len(shape) < 1 or math.prod(shape[1:]) != math.prod(self.target_shape):
+        target = self.target_shape
+        known = math.prod(d for d in target if d != -1)
+        size = math.prod(shape[1:]) if len(shape) >= 1 else 0
+        if target.count(-1) == 1 and known and not size % known:  # Keras: one -1, inferred
+            target = tuple(size // known if d == -1 else d for d in target)
+        if len(shape) < 1 or size != math.prod(target) or -1 in target:
             raise ValueError(f"Reshape: input of shape {tuple(shape)} cannot become "
                              f"(N, {', '.join(map(str, self.target_shape))})")
-        return _reshape(x, (shape[0], *self.target_shape))
+        return _reshape(x, (shape[0], *target))
 
     def __repr__(self) -> str:
         return f"Reshape({self.target_shape})"
