@@ -308,15 +308,19 @@ def reduce_mean(input_tensor, axis=None, keepdims: bool = False) -> Tensor:
     """Mean over ``axis``; integer tensors give the (truncated) integer mean, like TensorFlow."""
     x = convert_to_tensor(input_tensor)
     axes = _axes(axis, x.ndim, "reduce_mean")
+    if x.dtype.kind != "f":  # (the count from each call's array: a None size is not a number)
+        return derived(_integer_mean, x, axes=axes, keepdims=bool(keepdims))
     count = x.size if axes is None else _count(x.shape, axes)
-    if x.dtype.kind != "f":
-        return derived(lambda a: (a.sum(axis=axes, keepdims=keepdims)
-                                  // builtins.max(count, 1)).astype(a.dtype), x)
     s = P.reduce_sum_p(x, axis=axes, keepdims=bool(keepdims))
     if isinstance(count, Dim):  # a None dimension traced symbolically: 1/n of each call
         return P.multiply_p(s, shape_constant(x, functools.partial(_inverse_count, axes),
                                               s.dtype))
     return P.multiply_p(s, P._c(1.0 / count if count else np.nan, s))
+
+
+def _integer_mean(a, axes, keepdims: bool):
+    count = a.size if axes is None else _count(a.shape, axes)
+    return (a.sum(axis=axes, keepdims=keepdims) // builtins.max(count, 1)).astype(a.dtype)
 
 
 def shape_constant(x: Tensor, fn, dtype) -> Tensor:

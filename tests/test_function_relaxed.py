@@ -429,3 +429,12 @@ def test_a_shape_computed_from_values_is_refused_not_frozen():
                     input_signature=[tp.TensorSpec([None])])
     with pytest.raises(TraceError):
         f(tp.constant([2.0, 3.0]))
+
+
+def test_an_integer_mean_over_a_none_batch_traces_once():
+    f = tp.function(lambda x: tp.reduce_mean(x, axis=0),
+                    input_signature=[tp.TensorSpec([None, 2], tp.int32)])
+    for n in (3, 5, 8):
+        x = np.arange(2 * n, dtype="i4").reshape(n, 2)
+        np.testing.assert_array_equal(f(tp.constant(x)).numpy(), x.sum(0) // n)
+    assert f.experimental_get_tracing_count() == 1
