@@ -42,6 +42,7 @@ gradients it returns are the ones connected on this rank at trace time.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import weakref
 from typing import Any, Callable, Sequence
@@ -253,9 +254,16 @@ class Function:
     def _canonical(self, args: tuple, kwargs: dict) -> tuple[list, list]:
         """(structure, leaves) of the call; checked against ``input_signature`` if set."""
         if self.input_signature is not None:
-            if kwargs:
-                raise TypeError(f"{self.__name__}: keyword arguments are not allowed with an "
-                                "input_signature")
+            if kwargs:  # bound to the function's parameters, as TensorFlow canonicalizes them
+                try:
+                    bound = inspect.signature(self.python_function).bind(*args, **kwargs)
+                except (TypeError, ValueError) as e:
+                    raise TypeError(f"{self.__name__}: {e}") from None
+                if bound.kwargs:
+                    raise TypeError(f"{self.__name__}: keyword-only arguments "
+                                    f"{sorted(bound.kwargs)} are not allowed with an "
+                                    "input_signature")
+                args, kwargs = tuple(bound.args), {}
             specs = nest.flatten(self.input_signature)
             leaves = nest.flatten(list(args))
             if len(leaves) != len(specs) or not all(

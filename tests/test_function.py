@@ -988,3 +988,15 @@ def test_py_function_runs_python_on_every_call_of_a_trace():
     bad(tp.constant([3.0, 1.0]))
     with pytest.raises(ValueError, match="returned shape"):
         bad(tp.constant([3.0, 2.0]))
+
+
+def test_keyword_arguments_bind_to_an_input_signature():
+    @tp.function(input_signature=[tp.TensorSpec([None]), tp.TensorSpec([None])])
+    def f(x, y):
+        return x - y
+
+    np.testing.assert_array_equal(f(tp.ones((2,)), y=tp.ones((2,)) * 3).numpy(), [-2, -2])
+    np.testing.assert_array_equal(f(y=tp.ones((3,)), x=tp.zeros((3,))).numpy(), [-1, -1, -1])
+    assert f.experimental_get_tracing_count() == 1
+    with pytest.raises(TypeError, match="f: "):
+        f(tp.ones((2,)), z=tp.ones((2,)))
