@@ -127,6 +127,21 @@ def test_a_lazily_built_model_saves_after_fit(tmp_path):
     np.testing.assert_array_equal(loaded.predict(XV), model.predict(XV))
 
 
+def test_a_model_built_by_calling_it_saves_and_loads(tmp_path):
+    # Keras's deferred build: a Sequential built by its first call (eagerly or in a traced
+    # step with a None batch) records its input shape, so load_model can build it again.
+    for traced in (False, True):
+        model = tp.keras.Sequential([tp.keras.layers.Conv2D(2, 3, activation="relu"),
+                                     tp.keras.layers.Flatten(), tp.keras.layers.Dense(3)])
+        call = tp.function(model, input_signature=[tp.TensorSpec([None, 6, 6, 1])]) \
+            if traced else model
+        call(tp.ones((4, 6, 6, 1)))
+        model.save(tmp_path / f"m{traced}.keras")
+        loaded = keras.models.load_model(tmp_path / f"m{traced}.keras")
+        x = tp.constant(np.random.default_rng(0).normal(size=(2, 6, 6, 1)).astype("f4"))
+        np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+
+
 # --------------------------------------------------------------------------- callbacks
 class _Recorder(keras.callbacks.Callback):
     def __init__(self):

@@ -282,6 +282,12 @@ class Sequential(Model):
             self.build(hint)
 
     def call(self, x: Any, training: bool = False) -> Any:
+        if self.__dict__.get("_build_input_shape") is None:
+            # Keras records a deferred build's input shape on the first call: what save()
+            # writes, so load_model can build the model before loading its weights.
+            rest = tuple(getattr(x, "shape", np.shape(x)))[1:]
+            if all(isinstance(d, (int, np.integer)) for d in rest):
+                self._build_input_shape = tuple(int(d) for d in rest)
         for layer in self.layers:
             x = layer(x, training=training) if isinstance(layer, Module) else layer(x)
         return x
