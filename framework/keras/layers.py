@@ -5,6 +5,9 @@ from ..nn import (Activation, Add, Average, AveragePooling2D, AvgPool2D, BatchNo
                   GlobalAveragePooling2D, GlobalMaxPooling2D, Input, InputLayer, Lambda,
                   LayerNormalization, Maximum, MaxPool2D, MaxPooling2D, Minimum, Module,
                   Multiply, Normalization, Reshape, Subtract)
+from ..nn.simple_layers import (ELU, Cropping2D, GaussianNoise, Identity, LeakyReLU, Permute,
+                                ReLU, RepeatVector, Rescaling, Softmax, UpSampling2D,
+                                ZeroPadding2D)
 
 Layer = Module
 
@@ -12,4 +15,6 @@ __all__ = ["Layer", "Dense", "Conv2D", "MaxPool2D", "MaxPooling2D", "AveragePool
            "AvgPool2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
            "Dropout", "Activation", "Embedding", "BatchNormalization", "LayerNormalization",
            "InputLayer", "Input", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
-           "Concatenate", "Lambda", "Normalization"]
+           "Concatenate", "Lambda", "Normalization", "Softmax", "ReLU", "LeakyReLU", "ELU",
+           "Rescaling", "Identity", "Permute", "RepeatVector", "ZeroPadding2D", "Cropping2D",
+           "UpSampling2D", "GaussianNoise"]
