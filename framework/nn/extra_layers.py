@@ -48,10 +48,11 @@ class AveragePooling2D(Module):
 AvgPool2D = AveragePooling2D
 
 
-class _GlobalPooling2D(Module):
-    """``(N, H, W, C) -> (N, C)`` (or ``(N, 1, 1, C)`` with ``keepdims``) by ``_reduce``."""
+class _GlobalPooling(Module):
+    """``_reduce`` over the inner axes of input of rank ``_rank`` (``keepdims`` keeps them)."""
 
     _reduce = staticmethod(ops.reduce_mean)
+    _rank, _axes, _layout = 4, (1, 2), "NHWC"
 
     def __init__(self, keepdims: bool = False, name: str | None = None) -> None:
         super().__init__(name)
@@ -59,9 +60,14 @@ class _GlobalPooling2D(Module):
 
     def call(self, x: Any, training: bool = False) -> Tensor:
         x = convert_to_tensor(x)
-        if x.ndim != 4:
-            raise ValueError(f"{type(self).__name__} expects NHWC input, got shape {x.shape}")
-        return self._reduce(x, axis=(1, 2), keepdims=self.keepdims)
+        if x.ndim != self._rank:
+            raise ValueError(f"{type(self).__name__} expects {self._layout} input, got shape "
+                             f"{x.shape}")
+        return self._reduce(x, axis=self._axes, keepdims=self.keepdims)
+
+
+class _GlobalPooling2D(_GlobalPooling):
+    """``(N, H, W, C) -> (N, C)`` (or ``(N, 1, 1, C)`` with ``keepdims``)."""
 
 
 class GlobalAveragePooling2D(_GlobalPooling2D):
