@@ -1,7 +1,7 @@
 """``tp.keras.layers``: tapeflow's layers under their Keras names (the same classes as
 ``tp.nn``)."""
 from ..nn import (Activation, Add, Average, AveragePooling2D, AvgPool2D, BatchNormalization,
-                  Concatenate, Conv2D, Dense, Dropout, Embedding, Flatten,
+                  Concatenate, Conv2D, Conv2DTranspose, Dense, Dropout, Embedding, Flatten,
                   GlobalAveragePooling2D, GlobalMaxPooling2D, Input, InputLayer, Lambda,
                   LayerNormalization, Maximum, MaxPool2D, MaxPooling2D, Minimum, Module,
                   Multiply, Normalization, Reshape, Subtract)
@@ -13,7 +13,7 @@ from ..nn.simple_layers import (ELU, Cropping2D, GaussianNoise, Identity, LeakyR
 
 Layer = Module
 
-__all__ = ["Layer", "Dense", "Conv2D", "MaxPool2D", "MaxPooling2D", "AveragePooling2D",
+__all__ = ["Layer", "Dense", "Conv2D", "Conv2DTranspose", "MaxPool2D", "MaxPooling2D", "AveragePooling2D",
            "AvgPool2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
            "Dropout", "Activation", "Embedding", "BatchNormalization", "LayerNormalization",
            "InputLayer", "Input", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",

@@ -13,7 +13,7 @@ from .. import devices as _device
 from .._backend import array_module
 from .. import primitives as P
 from .. import primitives_ext as PX
-from ..conv import conv2d_p
+from ..conv import conv2d_backprop_input_p, conv2d_p
 from ..errors import InvalidArgumentError
 from ..recording import derived
 from ..symdim import plain
@@ -22,6 +22,7 @@ from ..tensor import Tensor, convert_to_tensor
 
 __all__ = ["relu", "sigmoid", "softmax", "log_softmax", "sparse_softmax_cross_entropy_with_logits",
            "softmax_cross_entropy_with_logits", "sigmoid_cross_entropy_with_logits", "conv2d",
+           "conv2d_transpose",
            "max_pool2d", "avg_pool2d", "max_pool", "avg_pool", "dropout", "bias_add",
            "embedding_lookup", "compute_average_loss", "top_k"]
 
@@ -197,6 +198,44 @@ def conv2d(input, filters, strides=1, padding: str = "VALID", data_format: str =
     x = _padded(x, w.shape[:2], strides, padding, 0, "conv2d", dilations)
     # One primitive whose rules are GEMM-shaped (framework/conv.py): no patch-sized gradient.
     return conv2d_p(x, w, strides=strides, dilations=dilations)
+
+
+def conv2d_transpose(input, filters, output_shape, strides=1, padding: str = "SAME",
+                     data_format: str = "NHWC", dilations=1) -> Tensor:
+    """The transpose of :func:`conv2d` (``tf.nn.conv2d_transpose``): the input gradient of a
+    convolution of an ``output_shape`` image, for output gradient ``input``. ``filters`` has
+    shape ``(kh, kw, output_channels, in_channels)``, as TensorFlow's."""
+    if data_format != "NHWC":
+        raise ValueError(f"conv2d_transpose: only data_format='NHWC' is supported, got "
+                         f"{data_format!r}")
+    x, w = convert_to_tensor(input), convert_to_tensor(filters)
+    out = tuple(ops._shape_arg(output_shape))
+    if w.ndim != 4 or x.ndim != 4 or len(out) != 4 or x.shape[-1] != w.shape[3] \
+            or out[-1] != w.shape[2]:
+        raise ValueError(f"conv2d_transpose: input {x.shape}, filters {w.shape} (kh, kw, out, "
+                         f"in) and output_shape {out} do not fit")
+    if x.dtype != w.dtype:
+        raise TypeError(f"conv2d_transpose: input is {x.dtype} but filters are {w.dtype}")
+    strides, dilations = _pair(strides, "strides"), _pair(dilations, "dilations")
+    span = tuple((k - 1) * d + 1 for k, d in zip(w.shape[:2], dilations))
+    pads = [(0, 0), (0, 0)]
+    if padding.upper() == "SAME":
+        for i, (n, k, s) in enumerate(zip(out[1:3], span, strides)):
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            pads[i] = (total // 2, total - total // 2)
+    elif padding.upper() != "VALID":
+        raise ValueError(f"conv2d_transpose: padding must be 'VALID' or 'SAME', got {padding!r}")
+    padded = (out[0], out[1] + sum(pads[0]), out[2] + sum(pads[1]), out[3])
+    want = tuple((p - k) // s + 1 for p, k, s in zip(padded[1:3], span, strides))
+    if tuple(x.shape[1:3]) != want:
+        raise ValueError(f"conv2d_transpose: output_shape {out} with strides {strides} and "
+                         f"{padding} padding is the transpose of a {want} image, not of the "
+                         f"input's {tuple(x.shape[1:3])}")
+    y = conv2d_backprop_input_p(x, w, shape=padded, strides=strides, dilations=dilations)
+    if pads == [(0, 0), (0, 0)]:
+        return y
+    (t, _), (le, _) = pads
+    return y[:, t:t + out[1], le:le + out[2], :]
 
 
 def max_pool2d(input, ksize, strides=None, padding: str = "VALID") -> Tensor:

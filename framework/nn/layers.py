@@ -28,7 +28,7 @@ from . import functional as F
 from . import init
 from .modules import Module, Sequential
 
-__all__ = ["Dense", "Conv2D", "MaxPool2D", "MaxPooling2D", "Flatten", "Reshape", "Dropout",
+__all__ = ["Dense", "Conv2D", "Conv2DTranspose", "MaxPool2D", "MaxPooling2D", "Flatten", "Reshape", "Dropout",
            "Activation", "get_activation", "mlp", "mnist_cnn"]
 
 ActivationLike = str | Callable[[Tensor], Tensor] | None
@@ -126,15 +126,29 @@ class _KernelLayer(Module):
     def built(self) -> bool:
         return self.kernel is not None
 
-    def _create(self, shape: tuple, like: Any) -> None:
-        """Initialise ``kernel`` of ``shape`` and ``bias`` of its last dimension (Keras fans)."""
+    def _create(self, shape: tuple, like: Any, bias_size: int | None = None) -> None:
+        """Initialise ``kernel`` of ``shape`` and ``bias`` of its last dimension (or
+        ``bias_size``) with Keras's fans."""
         rng = init.as_generator(self._seed)
         fan_in, fan_out = init.compute_fans(shape)
         w = self.kernel_initializer(shape, fan_in, fan_out, rng, self.dtype)
         self.kernel = Variable(_on_device(w, like), name="kernel")
         if self.use_bias:
-            b = self.bias_initializer((shape[-1],), fan_in, fan_out, rng, self.dtype)
+            size = shape[-1] if bias_size is None else bias_size
+            b = self.bias_initializer((size,), fan_in, fan_out, rng, self.dtype)
             self.bias = Variable(_on_device(b, like), name="bias")
+
+    def _input(self, x: Any, rank: int, layout: str) -> Tensor:
+        """``x`` in the layer's dtype, checked to be of ``rank``; builds the layer from its
+        last axis on the first call."""
+        x = _as_layer_dtype(x, self.dtype) if isinstance(x, Tensor) else \
+            convert_to_tensor(x, self.dtype)
+        if x.ndim != rank:
+            raise ValueError(f"{type(self).__name__} expects {layout} input of rank {rank}, "
+                             f"got shape {x.shape}")
+        if self.kernel is None:
+            self.build(int(x.shape[-1]), x)
+        return x
 
     def _bias_activation(self, y: Tensor) -> Tensor:
         if self.bias is not None:
@@ -222,12 +236,7 @@ class Conv2D(_KernelLayer):
         self._create((*self.kernel_size, input_channels, self.filters), like)
 
     def call(self, x: Any, training: bool = False) -> Tensor:
-        x = _as_layer_dtype(x, self.dtype) if isinstance(x, Tensor) else \
-            convert_to_tensor(x, self.dtype)
-        if x.ndim != 4:
-            raise ValueError(f"Conv2D expects NHWC input of rank 4, got shape {x.shape}")
-        if self.kernel is None:
-            self.build(int(x.shape[-1]), x)
+        x = self._input(x, 4, "NHWC")
         y = F.conv2d(x, self.kernel, self.strides, self.padding, dilations=self.dilation_rate)
         return self._bias_activation(y)
 
@@ -236,6 +245,44 @@ class Conv2D(_KernelLayer):
         kh, kw = self.kernel_size
         return (f"Conv2D({inp} -> {self.filters}, {kh}x{kw}, strides={self.strides}, "
                 f"padding={self.padding.lower()!r})")
+
+
+class Conv2DTranspose(_KernelLayer):
+    """Transposed 2-D convolution over NHWC input (Keras's; "deconvolution"): each input pixel
+    spreads ``kernel`` ``(kh, kw, filters, in)`` over a ``strides``-spaced output window. The
+    output is ``in * stride`` (``"same"``) or ``in * stride + max(k - stride, 0)``
+    (``"valid"``) pixels on a side, as Keras computes it."""
+
+    def __init__(self, filters: int, kernel_size: int | Sequence[int], strides=1,
+                 padding: str = "valid", activation: ActivationLike = None,
+                 use_bias: bool = True, kernel_initializer: str | Callable = "glorot_uniform",
+                 bias_initializer: str | Callable = "zeros", dtype: str = "float32",
+                 seed: Seed = None, name: str | None = None,
+                 input_shape: Sequence[int] | None = None) -> None:
+        super().__init__(activation, use_bias, kernel_initializer, bias_initializer, dtype,
+                         seed, name, input_shape)
+        if int(filters) < 1:
+            raise ValueError(f"Conv2DTranspose: filters must be positive, got {filters}")
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "Conv2DTranspose kernel_size")
+        self.strides = _pair(strides, "Conv2DTranspose strides")
+        self.padding = _padding(padding, "Conv2DTranspose")
+        if self.input_shape_hint:
+            self.build(int(self.input_shape_hint[-1]))
+
+    def build(self, input_channels: int, like: Any = None) -> None:
+        """Create ``kernel`` ``(kh, kw, filters, input_channels)`` and ``bias``
+        ``(filters,)``."""
+        self._create((*self.kernel_size, self.filters, int(input_channels)), like,
+                     bias_size=self.filters)
+
+    def call(self, x: Any, training: bool = False) -> Tensor:
+        x = self._input(x, 4, "NHWC")
+        side = [n * s + (0 if self.padding == "SAME" else max(k - s, 0))
+                for n, k, s in zip(x.shape[1:3], self.kernel_size, self.strides)]
+        y = F.conv2d_transpose(x, self.kernel, (x.shape[0], *side, self.filters),
+                               self.strides, self.padding)
+        return self._bias_activation(y)
 
 
 class MaxPool2D(Module):

@@ -18,8 +18,7 @@ from .. import ops
 from ..tensor import Tensor, convert_to_tensor
 from . import functional as F
 from .extra_layers import _GlobalPooling
-from .layers import (ActivationLike, Seed, _as_layer_dtype, _KernelLayer, _padding,
-                     _shape_hint)
+from .layers import ActivationLike, Seed, _KernelLayer, _padding, _shape_hint
 from .modules import Module
 
 __all__ = ["Conv1D", "MaxPooling1D", "MaxPool1D", "AveragePooling1D", "AvgPool1D",
@@ -67,12 +66,8 @@ class Conv1D(_KernelLayer):
         self._create((self.kernel_size, int(input_channels), self.filters), like)
 
     def call(self, x: Any, training: bool = False) -> Tensor:
-        x = _as_layer_dtype(x, self.dtype) if isinstance(x, Tensor) else \
-            convert_to_tensor(x, self.dtype)
-        image = _steps(x, "Conv1D")
-        if self.kernel is None:
-            self.build(int(x.shape[-1]), x)
-        y = F.conv2d(image, ops.expand_dims(self.kernel, 0), (1, self.strides), self.padding,
+        x = self._input(x, 3, "(batch, steps, channels)")
+        y = F.conv2d(ops.expand_dims(x, 1), ops.expand_dims(self.kernel, 0), (1, self.strides), self.padding,
                      dilations=(1, self.dilation_rate))
         return self._bias_activation(ops.squeeze(y, 1))
 
