@@ -23,7 +23,7 @@ from . import devices as _device
 from ._backend import array_module
 from .errors import InvalidArgumentError, InvalidArgumentIndexError
 from .recording import derived
-from .symdim import plain
+from .symdim import has_dim, plain
 from .tensor import _TRACE, Tensor, _to_array, as_dtype, convert_to_tensor
 
 __all__ = [
@@ -330,13 +330,9 @@ def fill(dims, value, dtype=None) -> Tensor:
     if v.ndim:
         raise InvalidArgumentError(f"fill: value must be a scalar, got shape {v.shape}")
     dims = ops._shape_arg(dims)
-    if ops.symbolic(dims):
-        return ops.sized(_full, dims, value=v)
+    if has_dim(dims):
+        return ops.sized(ops.filled, dims, dtype=v.dtype, fill=v)
     return Tensor(_device.place(array_module(v).full(dims, v, dtype=v.dtype)))
-
-
-def _full(_, shape, value):
-    return np.full(shape, value, dtype=value.dtype)
 
 
 def norm(tensor, ord="euclidean", axis=None, keepdims: bool = False) -> Tensor:

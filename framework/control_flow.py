@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import nest, ops
+from .symdim import has_dim
 from .tensor import _TRACE, Tensor, as_dtype, convert_to_tensor, to_numpy
 from .trace import TraceError
 
@@ -135,7 +136,7 @@ def _host_function(func: Callable, inp: list, Tout, name, tensors: bool) -> Any:
         outs = [Tensor(a) for a in run(*[a._value for a in args])]
         return outs[0] if single else outs
     shapes = [a.shape for a in args]
-    if any(ops.symbolic(s) for s in shapes):
+    if has_dim(shapes):
         tracer.symbolic_failed = True  # (its outputs' shapes are not known symbolically)
         raise TraceError(f"{tracer.name}: py_function of a None dimension is traced per size")
     _TRACE.pop()  # (func's body is Python, run eagerly: not recorded in the trace)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import math
 from typing import Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ from .device_ops import to_device as _to_device
 from ._backend import array_module
 from .errors import InvalidArgumentError, InvalidArgumentIndexError, InvalidArgumentTypeError
 from .recording import _ACTIVE, _NO_PARAMS, _new, _record2, derived, stop_gradient
-from .symdim import Dim, broadcast_shapes, concrete_shape, plain, shape_value
+from .symdim import Dim, broadcast_shapes, concrete_shape, has_dim, plain, shape_value
 from .tensor import (_TRACE, Tensor, Variable, VariableSlice, _next_id, _to_array, as_dtype,
                      constant, convert_to_tensor)
 
@@ -310,7 +311,7 @@ def reduce_mean(input_tensor, axis=None, keepdims: bool = False) -> Tensor:
     axes = _axes(axis, x.ndim, "reduce_mean")
     if x.dtype.kind != "f":  # (the count from each call's array: a None size is not a number)
         return derived(_integer_mean, x, axes=axes, keepdims=bool(keepdims))
-    count = x.size if axes is None else _count(x.shape, axes)
+    count = x.size if axes is None else math.prod(x.shape[a] for a in axes)
     s = P.reduce_sum_p(x, axis=axes, keepdims=bool(keepdims))
     if isinstance(count, Dim):  # a None dimension traced symbolically: 1/n of each call
         return P.multiply_p(s, shape_constant(x, functools.partial(_inverse_count, axes),
@@ -319,7 +320,7 @@ def reduce_mean(input_tensor, axis=None, keepdims: bool = False) -> Tensor:
 
 
 def _integer_mean(a, axes, keepdims: bool):
-    count = a.size if axes is None else _count(a.shape, axes)
+    count = a.size if axes is None else math.prod(a.shape[i] for i in axes)
     return (a.sum(axis=axes, keepdims=keepdims) // builtins.max(count, 1)).astype(a.dtype)
 
 
@@ -327,20 +328,13 @@ def shape_constant(x: Tensor, fn, dtype) -> Tensor:
     """``fn(x.shape)`` (a number computed from a shape: a count, its inverse) as a scalar of
     ``dtype``; inside ``tp.function`` with ``x``'s ``None`` dimension traced symbolically, a
     value computed from each call's shape (the number itself would freeze one batch size)."""
-    if _TRACE and _TRACE[-1].dual is not None and any(isinstance(d, Dim) for d in x.shape):
+    if _TRACE and _TRACE[-1].dual is not None and has_dim(x.shape):
         return derived(shape_value, x, of=fn, dtype=as_dtype(dtype))
     return Tensor(array_module(x._value).asarray(fn(x.shape), dtype=as_dtype(dtype)))
 
 
-def _count(shape: tuple, axes) -> int:
-    count = 1
-    for a in axes:
-        count = shape[a] * count
-    return count
-
-
 def _inverse_count(axes, shape: tuple) -> float:
-    count = _count(shape, range(len(shape)) if axes is None else axes)
+    count = math.prod(shape if axes is None else (shape[a] for a in axes))
     return 1.0 / count if count else np.nan
 
 
@@ -358,10 +352,7 @@ def argmin(input, axis: int = 0, output_type="int64") -> Tensor:
 def reshape(tensor, shape) -> Tensor:
     x = convert_to_tensor(tensor)
     shape = _shape_arg(shape)
-    known = [d for d in shape if d != -1]
-    size = 1
-    for d in known:
-        size = d * size
+    size = math.prod(d for d in shape if d != -1)
     if shape.count(-1) > 1 or (shape.count(-1) == 0 and size != x.size) or \
             (shape.count(-1) == 1 and (size == 0 or x.size % size)):
         raise InvalidArgumentError(f"reshape: cannot reshape a tensor of shape {x.shape} "
@@ -564,11 +555,6 @@ def _dim_value(d):
     return int(d)
 
 
-def symbolic(shape: tuple) -> bool:
-    """Whether a shape holds a :class:`symdim.Dim` (inside a symbolic trace)."""
-    return any(isinstance(d, Dim) for d in shape)
-
-
 def sized(kernel, shape: tuple, **params) -> Tensor:
     """``kernel(anchor, shape=shape, **params)``, a new array of a shape with ``Dim`` s, as a
     traced value of a symbolic trace: computed at every size (the ``Dim`` s made sizes), made
@@ -576,22 +562,23 @@ def sized(kernel, shape: tuple, **params) -> Tensor:
     return derived(kernel, _TRACE[-1].anchor(), shape=shape, **params)
 
 
-def _made(_, shape, dtype, fill):
+def filled(_, shape, dtype, fill):
+    """``np.full``, a :func:`sized` kernel (its first argument the anchor)."""
     return np.full(shape, fill, dtype=dtype)
 
 
 def zeros(shape, dtype="float32") -> Tensor:
     shape = _shape_arg(shape)
-    if symbolic(shape):
-        return sized(_made, shape, dtype=as_dtype(dtype), fill=0)
+    if has_dim(shape):
+        return sized(filled, shape, dtype=as_dtype(dtype), fill=0)
     arr = np.zeros(shape, dtype=as_dtype(dtype))
     return Tensor(_device.place(arr) if _SCOPES[0] else arr)
 
 
 def ones(shape, dtype="float32") -> Tensor:
     shape = _shape_arg(shape)
-    if symbolic(shape):
-        return sized(_made, shape, dtype=as_dtype(dtype), fill=1)
+    if has_dim(shape):
+        return sized(filled, shape, dtype=as_dtype(dtype), fill=1)
     arr = np.ones(shape, dtype=as_dtype(dtype))
     return Tensor(_device.place(arr) if _SCOPES[0] else arr)
 
@@ -607,7 +594,7 @@ def ones_like(input, dtype=None) -> Tensor:
 def _filled_like(input, dtype, fill) -> Tensor:
     t = convert_to_tensor(input)
     dt = t.dtype if dtype is None else as_dtype(dtype)
-    if _TRACE and _TRACE[-1].dual is not None and symbolic(t.shape):
+    if _TRACE and _TRACE[-1].dual is not None and has_dim(t.shape):
         return derived(_full_of, t, dtype=dt, fill=fill)  # (each call's shape)
     v = t._value
     return Tensor(array_module(v).full(v.shape, fill, dtype=dt))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .devices import place  # drawn on the host (seeded), then on the tp.device scope's device
+from .symdim import has_dim
 from .tensor import _TRACE, Tensor, as_dtype
 
 __all__ = ["set_seed", "uniform", "normal", "generator", "get_state", "set_state"]
@@ -47,7 +48,7 @@ def _drawn(law: str, shape, a, b, dtype, seed) -> Tensor:
                             dtype=dtype, seed=seed))
     from . import ops
     shape = ops._shape_arg(shape)
-    if ops.symbolic(shape):
+    if has_dim(shape):
         return ops.sized(_traced_draw, shape, law=law, a=a, b=b, dtype=dtype, seed=seed)
 
     def draw():

@@ -18,6 +18,8 @@ by :func:`generalize.fit`.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._backend import register_array_type
@@ -195,27 +197,15 @@ def dims_of(shape1: tuple, shape2: tuple, n1: int, n2: int):
 def broadcast_shapes(*shapes) -> tuple:
     """``np.broadcast_shapes`` for shapes that may hold :class:`Dim` s (ValueError if they
     do not broadcast)."""
-    if not any(isinstance(d, Dim) for s in shapes for d in s):
+    if not has_dim(shapes):
         return np.broadcast_shapes(*shapes)
     rank = max(len(s) for s in shapes)
     out = []
-    for k in range(rank):
-        got = 1
-        for s in shapes:
-            d = s[k - rank + len(s)] if k - rank + len(s) >= 0 else 1
-            if isinstance(d, Dim) or isinstance(got, Dim):
-                if isinstance(d, Dim) and isinstance(got, Dim):
-                    if d != got:
-                        raise ValueError(f"shapes {shapes} do not broadcast")
-                elif got == 1 or d == 1:
-                    got = d if got == 1 else got
-                else:
-                    raise ValueError(f"shapes {shapes} do not broadcast")
-            elif got == 1:
-                got = d
-            elif d != 1 and d != got:
-                raise ValueError(f"shapes {shapes} do not broadcast")
-        out.append(got)
+    for k in range(-rank, 0):
+        sizes = {s[k] for s in shapes if len(s) >= -k} - {1}  # (a Dim is never 1)
+        if len(sizes) > 1:
+            raise ValueError(f"shapes {shapes} do not broadcast")
+        out.append(sizes.pop() if sizes else 1)
     return tuple(out)
 
 
@@ -236,10 +226,7 @@ class SymArray(np.ndarray):
 
     @property
     def size(self):
-        n = 1
-        for d in self.shape:
-            n = d * n
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self):
@@ -265,7 +252,7 @@ register_array_type(SymArray, np)
 
 def sym(arr: np.ndarray, dims: tuple) -> np.ndarray:
     """``arr`` seen with the symbolic shape ``dims`` (``arr`` itself where nothing is symbolic)."""
-    if not any(isinstance(d, Dim) for d in dims):
+    if not has_dim(dims):
         return arr
     out = arr.view(SymArray)
     out._dims, out._real = tuple(dims), _shape_of(arr)
@@ -294,22 +281,27 @@ def concrete_shape(arr) -> tuple:
 
 def at(value, n: int):
     """``value`` (a parameter: nested tuples, lists, dicts, slices) with every :class:`Dim`
-    replaced by its size at ``n``."""
-    if not has_dim(value):
-        return value
+    replaced by its size at ``n`` (``value`` itself where it holds none)."""
+    return _at(value, n) if has_dim(value) else value
+
+
+def _at(value, n: int):
     t = type(value)
     if t is Dim:
         return value.at(n)
     if t is slice:
-        return slice(at(value.start, n), at(value.stop, n), at(value.step, n))
+        return slice(_at(value.start, n), _at(value.stop, n), _at(value.step, n))
     if t is dict:
-        return {k: at(v, n) for k, v in value.items()}
-    if hasattr(t, "_fields"):  # a namedtuple
-        return t(*(at(v, n) for v in value))
-    return t(at(v, n) for v in value)  # a tuple, list or TensorShape
+        return {k: _at(v, n) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        if hasattr(t, "_fields"):  # a namedtuple
+            return t(*(_at(v, n) for v in value))
+        return t(_at(v, n) for v in value)  # a tuple, list or TensorShape
+    return value
 
 
 def has_dim(value) -> bool:
+    """Whether ``value`` (a shape, a parameter nest) holds a :class:`Dim`."""
     t = type(value)
     if t is Dim:
         return True

@@ -357,14 +357,8 @@ class VariableSlice(Tensor):
         arr = _to_array(value, v._value.dtype)
         if type(arr) is not type(v._value) or _other_device(arr, v._value):
             arr = _on_device_of(v, arr, how)
-        new = v._value.copy()
         try:
-            if how == "assign":
-                new[self._index] = arr
-            elif how == "assign_add":
-                new[self._index] += arr
-            else:
-                new[self._index] -= arr
+            new = _slice_update(v._value, arr, how=how, parts=self._index)
         except ValueError as e:
             raise ValueError(f"Variable {v.name!r}[...].{how}: value of shape {arr.shape} does "
                              f"not fit the slice of shape {self._value.shape}: {e}") from None

@@ -132,11 +132,9 @@ class ConcreteFunction:
         return list(self._relaxed[0] if self._relaxed is not None else self.arg_specs)
 
     def _call_arrays(self, arrays: list):
-        if self._steady is not None:  # a plan made from a generalized trace: its first run
-            results = self.plan.run(*arrays)  # checks every shape it did not fix
-            self.plan, self._steady = self._steady, None
-        else:
-            results = self.plan.run(*arrays)
+        results = self.plan.run(*arrays)
+        if self._steady is not None:  # a plan made from a generalized trace has checked, on
+            self.plan, self._steady = self._steady, None  # its first run, every shape
         if self._single:
             return Tensor(results[0])
         leaves = list(self._out_leaves)
@@ -315,8 +313,7 @@ class Function:
         fam = getattr(cf, "_family", None)
         if fam is not None:
             fam.template, fam.exact = None, True
-            made = {fam.made[n] for n in fam.made}
-            stale = [self._cache.pop(k) for k in made if k in self._cache]
+            stale = [self._cache.pop(k) for k in set(fam.made.values()) if k in self._cache]
             fam.made.clear()
             for k in [k for k, v in self._fast.items() if v in stale]:
                 del self._fast[k]
@@ -336,17 +333,14 @@ class Function:
         if any(isinstance(v, TensorSpec) and v.shape is None for v in leaves):
             return _AnyShape(self, [v for v in leaves if isinstance(v, TensorSpec)])
         concrete = [_placeholder(v) if isinstance(v, TensorSpec) else v for v in leaves]
-        dims = frozenset((i, d) for i, v in enumerate(
-            v for v in leaves if isinstance(v, (Tensor, np.ndarray, TensorSpec))
-            and not isinstance(v, Variable))
-            for d, size in enumerate(getattr(v, "shape", None) or ())
-            if isinstance(v, TensorSpec) and size is None)
+        tensors = [v for v in leaves if isinstance(v, (Tensor, np.ndarray, TensorSpec))
+                   and not isinstance(v, Variable)]
+        dims = frozenset((i, d) for i, v in enumerate(tensors) if isinstance(v, TensorSpec)
+                         for d, size in enumerate(v.shape) if size is None)
         cf = self._concrete(structure, concrete, dims or None)
-        relaxed = [v for v in leaves if isinstance(v, TensorSpec) and None in (v.shape or ())]
-        if relaxed:  # TensorFlow's concrete function of a None dimension takes any size
+        if dims:  # TensorFlow's concrete function of a None dimension takes any size
             cf._relaxed = ([v if isinstance(v, TensorSpec) else TensorSpec.from_tensor(v)
-                            for v in leaves if isinstance(v, (Tensor, np.ndarray, TensorSpec))
-                            and not isinstance(v, Variable)], self.__call__)
+                            for v in tensors], self.__call__)
         return cf
 
     def _concrete(self, structure: list, leaves: list,
@@ -484,19 +478,18 @@ class Function:
                 shadow = arr
                 for d in axes:  # the call's rows, repeated to the shadow size
                     shadow = np.take(shadow, np.arange(n2) % n, axis=d)
-                inputs.append((arr, shadow, tuple(Dim(1) if d in axes else s
-                                                  for d, s in enumerate(arr.shape))))
+                inputs.append((shadow, tuple(Dim(1) if d in axes else s
+                                             for d, s in enumerate(arr.shape))))
                 tensor_index += 1
         try:
-            cf, tracer, out_marks, slots = self._run_trace(structure, leaves, tracer, inputs)
+            parts, tracer, out_marks, slots = self._run_trace(structure, leaves, tracer, inputs)
         except Exception:  # (whatever failed: the trace per size says it, or works)
-            cf = None
-        if cf is None or tracer.symbolic_failed:
+            return None
+        if tracer.symbolic_failed:
             return None  # (a first trace that failed here leaves variables to the next)
         self._may_create = False
         shadow = tracer.split()
-        plan = compile_plan(tracer, slots)
-        cf = ConcreteFunction(self.__name__, plan, *cf)
+        cf = ConcreteFunction(self.__name__, compile_plan(tracer, slots), *parts)
         tracer.release_values()
         return cf, fit(tracer, n, out_marks, shadow, n2, out_marks, slots, affine=True)
 
@@ -516,8 +509,8 @@ class Function:
 
     def _run_trace(self, structure: list, leaves: list, tracer: Tracer, inputs: list | None):
         """Run the Python function on ``tracer``: ``((specs, out, out_leaves, out_slots),
-        tracer, output marks, output slots)``; ``inputs``: (array, shadow, symbolic shape) of
-        each tensor argument when tracing symbolically."""
+        tracer, output marks, output slots)``; ``inputs``: (shadow, symbolic shape) of each
+        tensor argument when tracing symbolically."""
         traced_leaves = []
         specs = []
         k = 0
@@ -528,7 +521,7 @@ class Function:
                 if inputs is None:
                     tracer.add_input(t)
                 else:
-                    tracer.add_input(t, inputs[k][1], inputs[k][2])
+                    tracer.add_input(t, *inputs[k])
                     k += 1
                 traced_leaves.append(t)
             else:

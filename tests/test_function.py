@@ -1000,3 +1000,17 @@ def test_keyword_arguments_bind_to_an_input_signature():
     assert f.experimental_get_tracing_count() == 1
     with pytest.raises(TypeError, match="f: "):
         f(tp.ones((2,)), z=tp.ones((2,)))
+
+
+def test_weights_made_on_the_first_trace_advance_the_generator_as_eagerly():
+    # Tracing rewound the whole global generator, so the draws after a traced first call
+    # repeated the numbers that had just initialised the model's weights.
+    draws = []
+    for traced in (False, True):
+        tp.random.set_seed(3)
+        layer = tp.keras.layers.Dense(4)
+        call = tp.function(layer) if traced else layer
+        call(tp.ones((2, 3)))
+        draws.append((layer.kernel.numpy(), tp.random.uniform((5,)).numpy()))
+    np.testing.assert_array_equal(draws[0][0], draws[1][0])
+    np.testing.assert_array_equal(draws[0][1], draws[1][1])

@@ -12,6 +12,7 @@ added here.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -174,10 +175,7 @@ class Loss:
 
 def _batch_count(shape: tuple) -> float:
     """The number of per-example losses (at least 1): what "sum_over_batch_size" divides by."""
-    count = 1
-    for d in shape:
-        count *= d
-    return float(max(count, 1))
+    return float(max(math.prod(shape), 1))
 
 
 def _snake(name: str) -> str:
